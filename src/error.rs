@@ -1,0 +1,70 @@
+//! The crate's public [`Error`].
+
+use crate::wire::{AbortCode, DecodeError, EncodeError};
+
+/// Everything that can go wrong in tensorwire, grouped by origin.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The bytes received do not form a valid object (SPEC.md §7).
+    #[error("malformed object: {0}")]
+    Decode(#[from] DecodeError),
+    /// A frame could not be encoded.
+    #[error("cannot encode: {0}")]
+    Encode(#[from] EncodeError),
+    /// An IO operation failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The HTTP/2 layer failed.
+    #[error("http/2: {0}")]
+    Http(#[from] h2::Error),
+    /// The peer aborted the transfer (SPEC.md §4.6).
+    #[error("aborted by peer ({code}): {message}")]
+    Aborted {
+        /// The abort code.
+        code: AbortCode,
+        /// The peer's explanation.
+        message: String,
+    },
+}
+
+impl Error {
+    /// Whether the same request may succeed when retried or resumed: a chunk
+    /// whose payload failed its checksum, or a peer that timed out. Decode
+    /// failures of the object's structure are final.
+    ///
+    /// ```
+    /// use tensorwire::{wire::DecodeError, Error};
+    /// let e = Error::from(DecodeError::PayloadChecksum { item: 1, offset: 0, expected: 0, actual: 1 });
+    /// assert!(e.is_retryable());
+    /// assert!(!Error::from(DecodeError::BadMagic).is_retryable());
+    /// ```
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Decode(e) => e.is_retryable(),
+            Error::Aborted { code, .. } => *code == AbortCode::TIMEOUT || *code == AbortCode::CHECKSUM,
+            Error::Io(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::UnexpectedEof
+            ),
+            Error::Http(e) => e.is_io() || e.is_go_away(),
+            Error::Encode(_) => false,
+        }
+    }
+}
+
+impl From<Error> for std::io::Error {
+    fn from(e: Error) -> Self {
+        use std::io::ErrorKind;
+        match e {
+            Error::Io(e) => e,
+            Error::Decode(_) => std::io::Error::new(ErrorKind::InvalidData, e),
+            Error::Aborted { .. } => std::io::Error::new(ErrorKind::ConnectionAborted, e),
+            other => std::io::Error::other(other),
+        }
+    }
+}

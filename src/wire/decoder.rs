@@ -1,0 +1,214 @@
+//! [`FrameDecoder`]: bytes in, checked frames out (SPEC.md §2–§7).
+
+use bytes::{Buf, BytesMut};
+
+use super::{check_preamble, frame, DecodeError, Frame, FrameHeader, Limits, Sequencer, SequencerEvent};
+use super::{HEADER_LEN, PREAMBLE_LEN};
+
+/// A push decoder for one object: preamble, then frames.
+///
+/// It checks every header and payload CRC, every length against [`Limits`]
+/// *before* reserving room for it, and the ordering rules through a
+/// [`Sequencer`]. The contract is tokio-util's: `Ok(None)` means "need more
+/// bytes"; an error ends the object (later calls return it again).
+///
+/// Payloads are not copied when a frame is already contiguous in the buffer:
+/// a chunk's data is split off the buffer and frozen. When a frame arrives
+/// in pieces the buffer grows to hold it once (the one copy).
+///
+/// ```
+/// use bytes::{Bytes, BytesMut};
+/// use tensorwire::wire::{Frame, FrameDecoder, ObjectEncoder, ObjectHeader, ItemHeader, Mode};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut enc = ObjectEncoder::new();
+/// let mut buf = BytesMut::new();
+/// buf.extend_from_slice(&tensorwire::wire::preamble());
+/// for f in [
+///     enc.object_header(ObjectHeader::new("greeting", Mode::File))?,
+///     enc.item_header(ItemHeader::bytes(0, "greeting", 5))?,
+///     enc.chunk(Bytes::from_static(b"hello"))?,
+///     enc.item_end()?,
+///     enc.object_end()?,
+/// ] {
+///     f.encode(&mut buf);
+/// }
+/// let mut dec = FrameDecoder::new();
+/// let mut frames = Vec::new();
+/// while let Some(f) = dec.decode_frame(&mut buf)? {
+///     frames.push(f);
+/// }
+/// dec.finish(&buf)?;
+/// assert!(matches!(&frames[2], Frame::Chunk(c) if &c.data[..] == b"hello"));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct FrameDecoder {
+    limits: Limits,
+    state: State,
+    seq: Sequencer,
+    failed: Option<DecodeError>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum State {
+    Preamble,
+    Head,
+    Payload(FrameHeader),
+    Done,
+}
+
+impl FrameDecoder {
+    /// A decoder with default [`Limits`] for a complete object.
+    pub fn new() -> Self {
+        Self::with_sequencer(Limits::default(), Sequencer::new(Limits::default()))
+    }
+
+    /// A decoder with the given limits for a complete object.
+    pub fn with_limits(limits: Limits) -> Self {
+        Self::with_sequencer(limits, Sequencer::new(limits))
+    }
+
+    /// A decoder whose ordering rules are checked by `seq` (for example one
+    /// built with [`Sequencer::allowing_gaps`]).
+    pub fn with_sequencer(limits: Limits, seq: Sequencer) -> Self {
+        FrameDecoder { limits, state: State::Preamble, seq, failed: None }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Whether the object end (or an abort) has been decoded.
+    pub fn is_done(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+
+    /// Decodes the next frame from `src`, consuming its bytes.
+    ///
+    /// # Errors
+    ///
+    /// Any [`DecodeError`]; after one, every later call returns it again.
+    pub fn decode_frame(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        match self.step(src) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                self.failed = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// Decodes the next frame, or the fact that the stream ended (SPEC.md §7.5).
+    ///
+    /// # Errors
+    ///
+    /// As [`FrameDecoder::decode_frame`]; and at end of stream,
+    /// [`DecodeError::UnexpectedEof`] inside a frame or
+    /// [`DecodeError::Truncated`] before the object end.
+    pub fn decode_frame_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
+        match self.decode_frame(src)? {
+            Some(f) => Ok(Some(f)),
+            None => {
+                self.finish(src)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Checks that the stream may end with `rest` left undecoded.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError::UnexpectedEof`] with the bytes missing from a partial
+    /// preamble or frame, [`DecodeError::Truncated`] before the object end.
+    pub fn finish(&self, rest: &[u8]) -> Result<(), DecodeError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let needed = match self.state {
+            State::Preamble => PREAMBLE_LEN,
+            State::Head if rest.is_empty() => return self.seq.finish(),
+            State::Head => HEADER_LEN,
+            State::Payload(h) => h.len as usize,
+            State::Done if rest.is_empty() => return Ok(()),
+            State::Done => return Err(DecodeError::TrailingData(rest.len())),
+        };
+        Err(DecodeError::UnexpectedEof { needed: needed.saturating_sub(rest.len()) as u64 })
+    }
+
+    fn step(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
+        loop {
+            match self.state {
+                State::Preamble => {
+                    let Some(p) = src.get(..PREAMBLE_LEN) else {
+                        src.reserve(PREAMBLE_LEN - src.len());
+                        return Ok(None);
+                    };
+                    let mut pre = [0u8; PREAMBLE_LEN];
+                    pre.copy_from_slice(p);
+                    check_preamble(&pre)?;
+                    src.advance(PREAMBLE_LEN);
+                    self.state = State::Head;
+                }
+                State::Head => {
+                    let Some(h) = src.get(..HEADER_LEN) else {
+                        src.reserve(HEADER_LEN - src.len());
+                        return Ok(None);
+                    };
+                    let mut head = [0u8; HEADER_LEN];
+                    head.copy_from_slice(h);
+                    let head = FrameHeader::decode(&head)?;
+                    // SPEC.md §6: the payload length is checked before any room is reserved.
+                    frame::check_len(head, &self.limits)?;
+                    src.advance(HEADER_LEN);
+                    self.state = State::Payload(head);
+                }
+                State::Payload(head) => {
+                    let len = head.len as usize;
+                    if src.len() < len {
+                        src.reserve(len - src.len());
+                        return Ok(None);
+                    }
+                    let payload = src.split_to(len).freeze();
+                    self.state = State::Head;
+                    let frame = Frame::decode(head, payload, &self.limits)?;
+                    if let SequencerEvent::ObjectDone | SequencerEvent::Aborted = self.seq.handle_frame(&frame)? {
+                        self.state = State::Done;
+                    }
+                    return Ok(Some(frame));
+                }
+                State::Done => {
+                    // SPEC.md §7.5: nothing may follow the object end or an abort.
+                    if !src.is_empty() {
+                        return Err(DecodeError::TrailingData(src.len()));
+                    }
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl tokio_util::codec::Decoder for FrameDecoder {
+    type Item = Frame;
+    type Error = crate::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, crate::Error> {
+        Ok(self.decode_frame(src)?)
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, crate::Error> {
+        Ok(self.decode_frame_eof(src)?)
+    }
+}

@@ -1,0 +1,790 @@
+//! One struct per frame kind (SPEC.md §4), each with the same pair:
+//! `decode(head, payload)` and `encode(dst)`, plus `encoded_len()`.
+
+use std::collections::BTreeMap;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use super::meta::{self, EncodingJson, ItemJson, ObjectJson};
+use super::{crc, DecodeError, Dtype, Encoding, FrameHeader, FrameKind, Limits, Mode, HEADER_LEN, NO_ITEM};
+
+/// A decoded frame.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
+pub enum Frame {
+    /// §4.1
+    ObjectHeader(ObjectHeader),
+    /// §4.2
+    ItemHeader(ItemHeader),
+    /// §4.3
+    Chunk(Chunk),
+    /// §4.4
+    ItemEnd(ItemEnd),
+    /// §4.5
+    ObjectEnd(ObjectEnd),
+    /// §4.6
+    Abort(Abort),
+}
+
+impl Frame {
+    /// The frame's kind.
+    pub fn kind(&self) -> FrameKind {
+        match self {
+            Frame::ObjectHeader(_) => FrameKind::ObjectHeader,
+            Frame::ItemHeader(_) => FrameKind::ItemHeader,
+            Frame::Chunk(_) => FrameKind::Chunk,
+            Frame::ItemEnd(_) => FrameKind::ItemEnd,
+            Frame::ObjectEnd(_) => FrameKind::ObjectEnd,
+            Frame::Abort(_) => FrameKind::Abort,
+        }
+    }
+
+    /// Decodes the payload of a frame whose header has been checked, and
+    /// checks the payload CRC first (SPEC.md §3.2).
+    ///
+    /// # Errors
+    ///
+    /// Any [`DecodeError`] a single frame can cause; ordering across frames
+    /// is checked by [`Sequencer`](super::Sequencer).
+    pub fn decode(head: FrameHeader, payload: Bytes, limits: &Limits) -> Result<Frame, DecodeError> {
+        check_len(head, limits)?;
+        // Caller contract: `payload` is exactly the header's payload.
+        debug_assert_eq!(payload.len() as u64, u64::from(head.len));
+        // SPEC.md §3.2: a payload whose CRC differs MUST be rejected.
+        let actual = crc::checksum(&payload);
+        if actual != head.payload_crc {
+            return Err(DecodeError::PayloadChecksum {
+                item: head.item,
+                offset: head.offset,
+                expected: head.payload_crc,
+                actual,
+            });
+        }
+        check_address(head)?;
+        Ok(match head.kind {
+            FrameKind::ObjectHeader => Frame::ObjectHeader(ObjectHeader::decode(head, &payload, limits)?),
+            FrameKind::ItemHeader => Frame::ItemHeader(ItemHeader::decode(head, &payload, limits)?),
+            FrameKind::Chunk => Frame::Chunk(Chunk::decode(head, payload)),
+            FrameKind::ItemEnd => Frame::ItemEnd(ItemEnd::decode(head, &payload)?),
+            FrameKind::ObjectEnd => Frame::ObjectEnd(ObjectEnd::decode(head, &payload)?),
+            FrameKind::Abort => Frame::Abort(Abort::decode(head, &payload)?),
+        })
+    }
+
+    /// Checks what [`Frame::decode`] would check of this frame once
+    /// encoded: addresses, lengths against `limits`, metadata rules, and a
+    /// chunk's CRC against its data.
+    ///
+    /// # Errors
+    ///
+    /// The [`DecodeError`] a decoder would report.
+    pub fn validate(&self, limits: &Limits) -> Result<(), DecodeError> {
+        let payload_len = self.encoded_len() - HEADER_LEN;
+        let (item, offset) = match self {
+            Frame::ObjectHeader(_) | Frame::ObjectEnd(_) => (NO_ITEM, 0),
+            Frame::ItemHeader(h) => (h.item, 0),
+            Frame::Chunk(c) => (c.item, c.offset),
+            Frame::ItemEnd(e) => (e.item, 0),
+            Frame::Abort(a) => (a.item.unwrap_or(NO_ITEM), 0),
+        };
+        let len = u32::try_from(payload_len).map_err(|_| DecodeError::FrameTooLarge {
+            len: payload_len as u64,
+            max: u32::MAX.into(),
+        })?;
+        let head = FrameHeader::new(self.kind(), item, offset, len, 0);
+        check_len(head, limits)?;
+        check_address(head)?;
+        if let Frame::Abort(Abort { item: Some(NO_ITEM), .. }) = self {
+            return Err(DecodeError::BadAddress { kind: FrameKind::Abort, item: NO_ITEM, offset: 0 });
+        }
+        match self {
+            Frame::ObjectHeader(h) => h.check(limits),
+            Frame::ItemHeader(h) => {
+                check_name(FrameKind::ItemHeader, &h.name, limits)?;
+                h.validate(limits)
+            }
+            Frame::Chunk(c) if c.crc != crc::checksum(&c.data) => Err(DecodeError::PayloadChecksum {
+                item: c.item,
+                offset: c.offset,
+                expected: c.crc,
+                actual: crc::checksum(&c.data),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes header and payload.
+    pub fn encode<B: BufMut>(&self, dst: &mut B) {
+        match self {
+            Frame::ObjectHeader(f) => f.encode(dst),
+            Frame::ItemHeader(f) => f.encode(dst),
+            Frame::Chunk(f) => f.encode(dst),
+            Frame::ItemEnd(f) => f.encode(dst),
+            Frame::ObjectEnd(f) => f.encode(dst),
+            Frame::Abort(f) => f.encode(dst),
+        }
+    }
+
+    /// Bytes [`Frame::encode`] writes.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Frame::ObjectHeader(f) => f.encoded_len(),
+            Frame::ItemHeader(f) => f.encoded_len(),
+            Frame::Chunk(f) => f.encoded_len(),
+            Frame::ItemEnd(_) => ItemEnd::ENCODED_LEN,
+            Frame::ObjectEnd(_) => ObjectEnd::ENCODED_LEN,
+            Frame::Abort(f) => f.encoded_len(),
+        }
+    }
+
+    /// The frame as a [`Buf`] that does not copy a chunk's payload: the
+    /// header (and any metadata) in one buffer, the chunk bytes in another.
+    /// This is what a transport hands to `h2::SendStream::send_data`.
+    ///
+    /// ```
+    /// use bytes::{Buf, Bytes};
+    /// use tensorwire::wire::{Chunk, Frame, HEADER_LEN};
+    /// let data = Bytes::from_static(&[7; 1000]);
+    /// let buf = Frame::Chunk(Chunk::new(0, 0, data.clone())).into_buf();
+    /// assert_eq!(buf.remaining(), HEADER_LEN + 1000);
+    /// ```
+    pub fn into_buf(self) -> EncodedFrame {
+        match self {
+            Frame::Chunk(c) => {
+                let mut head = BytesMut::with_capacity(HEADER_LEN);
+                c.head().encode(&mut head);
+                EncodedFrame { head: head.freeze(), body: c.data }
+            }
+            other => {
+                let mut head = BytesMut::with_capacity(other.encoded_len());
+                other.encode(&mut head);
+                EncodedFrame { head: head.freeze(), body: Bytes::new() }
+            }
+        }
+    }
+}
+
+/// An encoded frame as two buffers (see [`Frame::into_buf`]).
+#[derive(Debug, Clone, Default)]
+pub struct EncodedFrame {
+    head: Bytes,
+    body: Bytes,
+}
+
+impl EncodedFrame {
+    /// Wraps bytes that are already encoded (the preamble, say).
+    pub fn from_bytes(bytes: Bytes) -> Self {
+        EncodedFrame { head: bytes, body: Bytes::new() }
+    }
+}
+
+impl Buf for EncodedFrame {
+    fn remaining(&self) -> usize {
+        self.head.len() + self.body.len()
+    }
+
+    fn chunk(&self) -> &[u8] {
+        if self.head.is_empty() {
+            &self.body
+        } else {
+            &self.head
+        }
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        let h = cnt.min(self.head.len());
+        self.head.advance(h);
+        cnt -= h;
+        self.body.advance(cnt);
+    }
+
+    fn chunks_vectored<'a>(&'a self, dst: &mut [std::io::IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for part in [&self.head, &self.body] {
+            if n < dst.len() && !part.is_empty() {
+                dst[n] = std::io::IoSlice::new(part);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn copy_to_bytes(&mut self, len: usize) -> Bytes {
+        if self.head.is_empty() && len <= self.body.len() {
+            return self.body.split_to(len);
+        }
+        let mut out = BytesMut::with_capacity(len);
+        out.put((&mut *self).take(len));
+        out.freeze()
+    }
+}
+
+/// SPEC.md §6: payload length limits per kind, checked before allocation.
+pub(crate) fn check_len(head: FrameHeader, limits: &Limits) -> Result<(), DecodeError> {
+    let len = u64::from(head.len);
+    let exact = |expected: usize| {
+        if len == expected as u64 {
+            Ok(())
+        } else {
+            Err(DecodeError::BadPayloadLength { kind: head.kind, len, expected: expected as u64 })
+        }
+    };
+    let at_most = |max: u32| {
+        if len <= u64::from(max) {
+            Ok(())
+        } else {
+            Err(DecodeError::FrameTooLarge { len, max: max.into() })
+        }
+    };
+    match head.kind {
+        FrameKind::Chunk => at_most(limits.max_payload),
+        FrameKind::ObjectHeader | FrameKind::ItemHeader | FrameKind::Abort => at_most(limits.max_meta),
+        FrameKind::ItemEnd => exact(ItemEnd::PAYLOAD_LEN),
+        FrameKind::ObjectEnd => exact(ObjectEnd::PAYLOAD_LEN),
+    }
+}
+
+/// SPEC.md §3: which item and offset values each kind may carry.
+fn check_address(head: FrameHeader) -> Result<(), DecodeError> {
+    let ok = match head.kind {
+        FrameKind::ObjectHeader | FrameKind::ObjectEnd => head.item == NO_ITEM && head.offset == 0,
+        FrameKind::ItemHeader | FrameKind::ItemEnd => head.item != NO_ITEM && head.offset == 0,
+        FrameKind::Chunk => head.item != NO_ITEM,
+        FrameKind::Abort => head.offset == 0,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(DecodeError::BadAddress { kind: head.kind, item: head.item, offset: head.offset })
+    }
+}
+
+fn bad_meta(kind: FrameKind, reason: impl std::fmt::Display) -> DecodeError {
+    DecodeError::BadMetadata { kind, reason: reason.to_string() }
+}
+
+fn json_frame<B: BufMut>(dst: &mut B, kind: FrameKind, item: u32, json: &[u8]) {
+    // Metadata payloads are bounded by Limits::max_meta when decoded; a sender
+    // that builds one over 4 GiB has violated its own contract.
+    let len = u32::try_from(json.len()).unwrap_or(u32::MAX);
+    FrameHeader::new(kind, item, 0, len, crc::checksum(json)).encode(dst);
+    dst.put_slice(json);
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    // Serializing structs of strings, integers and finite floats to a Vec
+    // cannot fail: there is no IO and every map key is a string.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn check_name(kind: FrameKind, name: &str, limits: &Limits) -> Result<(), DecodeError> {
+    // SPEC.md §5: names are non-empty and at most max_name_len bytes.
+    if name.is_empty() {
+        return Err(bad_meta(kind, "empty name"));
+    }
+    if name.len() as u64 > u64::from(limits.max_name_len) {
+        return Err(DecodeError::LimitExceeded {
+            what: "name length",
+            value: name.len() as u64,
+            max: limits.max_name_len.into(),
+        });
+    }
+    Ok(())
+}
+
+/// Opens an object (SPEC.md §4.1).
+///
+/// ```
+/// use tensorwire::wire::{Mode, ObjectHeader};
+/// let h = ObjectHeader::new("model", Mode::Container).with_items(147);
+/// assert_eq!(h.items, Some(147));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
+pub struct ObjectHeader {
+    /// The object's name, as requested.
+    pub name: String,
+    /// What the items are.
+    pub mode: Mode,
+    /// Number of items, when known before the first is sent.
+    pub items: Option<u64>,
+    /// Sum of the items' byte lengths, when known.
+    pub total_len: Option<u64>,
+    /// The sender's largest chunk payload.
+    pub chunk_size: u32,
+    /// Free-form string pairs (SPEC.md §5.1).
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl ObjectHeader {
+    /// A header with unknown counts, the default chunk size and no metadata.
+    pub fn new(name: impl Into<String>, mode: Mode) -> Self {
+        ObjectHeader {
+            name: name.into(),
+            mode,
+            items: None,
+            total_len: None,
+            chunk_size: crate::wire::encoder::DEFAULT_CHUNK_BYTES,
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    /// Sets the item count.
+    pub fn with_items(mut self, items: u64) -> Self {
+        self.items = Some(items);
+        self
+    }
+
+    /// Sets the total length.
+    pub fn with_total_len(mut self, total_len: u64) -> Self {
+        self.total_len = Some(total_len);
+        self
+    }
+
+    /// Decodes the JSON payload (SPEC.md §5.1).
+    pub fn decode(_head: FrameHeader, payload: &[u8], limits: &Limits) -> Result<Self, DecodeError> {
+        let j: ObjectJson = serde_json::from_slice(payload).map_err(|e| bad_meta(FrameKind::ObjectHeader, e))?;
+        let h = ObjectHeader {
+            mode: meta::parse_mode(&j.mode)?,
+            name: j.name,
+            items: j.items,
+            total_len: j.total_len,
+            chunk_size: j.chunk_size,
+            metadata: j.metadata,
+        };
+        h.check(limits)?;
+        Ok(h)
+    }
+
+    fn check(&self, limits: &Limits) -> Result<(), DecodeError> {
+        check_name(FrameKind::ObjectHeader, &self.name, limits)?;
+        // SPEC.md §6: declared counts MUST NOT exceed the receiver's limits.
+        if let Some(items) = self.items.filter(|&n| n > limits.max_items) {
+            return Err(DecodeError::LimitExceeded { what: "item count", value: items, max: limits.max_items });
+        }
+        if let Some(len) = self.total_len.filter(|&n| n > limits.max_object_len) {
+            return Err(DecodeError::LimitExceeded { what: "object length", value: len, max: limits.max_object_len });
+        }
+        Ok(())
+    }
+
+    fn json(&self) -> Vec<u8> {
+        to_json(&ObjectJson {
+            name: self.name.clone(),
+            mode: self.mode.as_str().into(),
+            items: self.items,
+            total_len: self.total_len,
+            chunk_size: self.chunk_size,
+            metadata: self.metadata.clone(),
+        })
+    }
+
+    /// Writes header and JSON payload.
+    pub fn encode<B: BufMut>(&self, dst: &mut B) {
+        json_frame(dst, FrameKind::ObjectHeader, NO_ITEM, &self.json());
+    }
+
+    /// Bytes [`ObjectHeader::encode`] writes.
+    pub fn encoded_len(&self) -> usize {
+        HEADER_LEN + self.json().len()
+    }
+}
+
+/// Opens an item (SPEC.md §4.2).
+///
+/// ```
+/// use tensorwire::wire::{Dtype, ItemHeader};
+/// let h = ItemHeader::tensor(0, "embed.weight", Dtype::F32, vec![128256, 2048]);
+/// assert_eq!(h.len, 128256 * 2048 * 4);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
+pub struct ItemHeader {
+    /// Item index: 0 for the first item, then one more for each.
+    pub item: u32,
+    /// Unique name within the object.
+    pub name: String,
+    /// Dtype to restore; `None` for opaque bytes.
+    pub dtype: Option<Dtype>,
+    /// Shape; present exactly when `dtype` is.
+    pub shape: Option<Vec<u64>>,
+    /// Bytes the item carries on the wire.
+    pub len: u64,
+    /// How the bytes encode the tensor.
+    pub encoding: Encoding,
+}
+
+impl ItemHeader {
+    /// A raw tensor item; `len` is computed from dtype and shape (saturating
+    /// on overflow, which [`ItemHeader::decode`] would reject).
+    pub fn tensor(item: u32, name: impl Into<String>, dtype: Dtype, shape: Vec<u64>) -> Self {
+        let numel = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).unwrap_or(u64::MAX);
+        let len = Encoding::Raw.encoded_len(numel, dtype).unwrap_or(u64::MAX);
+        ItemHeader { item, name: name.into(), dtype: Some(dtype), shape: Some(shape), len, encoding: Encoding::Raw }
+    }
+
+    /// An opaque item of `len` bytes.
+    pub fn bytes(item: u32, name: impl Into<String>, len: u64) -> Self {
+        ItemHeader { item, name: name.into(), dtype: None, shape: None, len, encoding: Encoding::Raw }
+    }
+
+    /// Number of elements, for tensor items (`None` on overflow or for opaque items).
+    pub fn numel(&self) -> Option<u64> {
+        self.shape.as_ref()?.iter().try_fold(1u64, |a, &d| a.checked_mul(d))
+    }
+
+    /// Decodes the JSON payload and checks that dtype, shape, encoding and
+    /// length agree (SPEC.md §5.2).
+    pub fn decode(head: FrameHeader, payload: &[u8], limits: &Limits) -> Result<Self, DecodeError> {
+        const KIND: FrameKind = FrameKind::ItemHeader;
+        let j: ItemJson = serde_json::from_slice(payload).map_err(|e| bad_meta(KIND, e))?;
+        check_name(KIND, &j.name, limits)?;
+        let h = ItemHeader {
+            item: head.item,
+            name: j.name,
+            dtype: j.dtype.as_deref().map(Dtype::parse).transpose()?,
+            shape: j.shape,
+            len: j.len,
+            encoding: j.encoding.map(EncodingJson::into_encoding).transpose()?.unwrap_or(Encoding::Raw),
+        };
+        h.validate(limits)?;
+        Ok(h)
+    }
+
+    /// Checks the rules of SPEC.md §5.2 and the limits of §6.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError::InconsistentItem`] or [`DecodeError::LimitExceeded`].
+    pub fn validate(&self, limits: &Limits) -> Result<(), DecodeError> {
+        let bad = |reason: String| DecodeError::InconsistentItem { item: self.item, reason };
+        // SPEC.md §6: an item's length MUST NOT exceed max_item_len.
+        if self.len > limits.max_item_len {
+            return Err(DecodeError::LimitExceeded { what: "item length", value: self.len, max: limits.max_item_len });
+        }
+        let (dtype, shape) = match (self.dtype, &self.shape) {
+            (None, None) => {
+                // SPEC.md §5.2: opaque items carry raw bytes.
+                if self.encoding != Encoding::Raw {
+                    return Err(bad("an opaque item cannot be encoded".into()));
+                }
+                return Ok(());
+            }
+            (Some(d), Some(s)) => (d, s),
+            _ => return Err(bad("dtype and shape must come together".into())),
+        };
+        // SPEC.md §6: rank MUST NOT exceed max_rank.
+        if shape.len() as u64 > u64::from(limits.max_rank) {
+            return Err(DecodeError::LimitExceeded {
+                what: "rank",
+                value: shape.len() as u64,
+                max: limits.max_rank.into(),
+            });
+        }
+        self.encoding.check(dtype).map_err(bad)?;
+        let numel = self.numel().ok_or_else(|| bad("element count overflows".into()))?;
+        // SPEC.md §5.2: len MUST equal the encoded length of the shape.
+        match self.encoding.encoded_len(numel, dtype) {
+            Some(expected) if expected == self.len => Ok(()),
+            Some(expected) => Err(bad(format!(
+                "{dtype} {shape:?} encoded as {} takes {expected} bytes, header says {}",
+                self.encoding.scheme(),
+                self.len
+            ))),
+            None => Err(bad(format!("{numel} elements of {dtype} do not fill whole bytes"))),
+        }
+    }
+
+    fn json(&self) -> Vec<u8> {
+        to_json(&ItemJson {
+            name: self.name.clone(),
+            dtype: self.dtype.map(|d| d.as_str().to_string()),
+            shape: self.shape.clone(),
+            len: self.len,
+            encoding: EncodingJson::from_encoding(&self.encoding),
+        })
+    }
+
+    /// Writes header and JSON payload.
+    pub fn encode<B: BufMut>(&self, dst: &mut B) {
+        json_frame(dst, FrameKind::ItemHeader, self.item, &self.json());
+    }
+
+    /// Bytes [`ItemHeader::encode`] writes.
+    pub fn encoded_len(&self) -> usize {
+        HEADER_LEN + self.json().len()
+    }
+}
+
+/// A range of an item's bytes (SPEC.md §4.3).
+///
+/// The payload stays a [`Bytes`]: decoding splits it off the receive buffer
+/// and encoding through [`Frame::into_buf`] never copies it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Chunk {
+    /// Item index.
+    pub item: u32,
+    /// Offset of the first byte within the item.
+    pub offset: u64,
+    /// The bytes.
+    pub data: Bytes,
+    /// CRC-32 of `data`: computed by [`Chunk::new`], checked by the decoder.
+    pub crc: u32,
+}
+
+impl Chunk {
+    /// A chunk of `data`, computing its CRC.
+    ///
+    /// # Panics
+    ///
+    /// If `data` is 4 GiB or longer: the header's length field has 32 bits.
+    pub fn new(item: u32, offset: u64, data: Bytes) -> Self {
+        assert!(data.len() <= u32::MAX as usize, "chunk payload must be shorter than 4 GiB");
+        Chunk { item, offset, crc: crc::checksum(&data), data }
+    }
+
+    /// Takes the payload of a checked header (the CRC was verified by [`Frame::decode`]).
+    pub fn decode(head: FrameHeader, payload: Bytes) -> Self {
+        Chunk { item: head.item, offset: head.offset, data: payload, crc: head.payload_crc }
+    }
+
+    fn head(&self) -> FrameHeader {
+        // Chunk::new bounds data.len() to u32.
+        let len = u32::try_from(self.data.len()).unwrap_or(u32::MAX);
+        FrameHeader::new(FrameKind::Chunk, self.item, self.offset, len, self.crc)
+    }
+
+    /// Writes header and payload (copying the payload; see [`Frame::into_buf`]).
+    pub fn encode<B: BufMut>(&self, dst: &mut B) {
+        self.head().encode(dst);
+        dst.put_slice(&self.data);
+    }
+
+    /// Bytes [`Chunk::encode`] writes.
+    pub fn encoded_len(&self) -> usize {
+        HEADER_LEN + self.data.len()
+    }
+}
+
+#[cfg(any(test, feature = "arbitrary"))]
+impl<'a> arbitrary::Arbitrary<'a> for Chunk {
+    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
+        let item = u.arbitrary()?;
+        let offset = u.arbitrary()?;
+        let data: Vec<u8> = u.arbitrary()?;
+        let mut chunk = Chunk::new(item, offset, data.into());
+        // Now and then a wrong CRC, to exercise the checksum path.
+        if u.ratio(1, 16)? {
+            chunk.crc ^= 1;
+        }
+        Ok(chunk)
+    }
+}
+
+impl std::fmt::Debug for Chunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chunk")
+            .field("item", &self.item)
+            .field("offset", &self.offset)
+            .field("len", &self.data.len())
+            .field("crc", &format_args!("{:#010x}", self.crc))
+            .finish()
+    }
+}
+
+/// Closes an item (SPEC.md §4.4): its length and CRC-32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
+pub struct ItemEnd {
+    /// Item index.
+    pub item: u32,
+    /// The item's length in bytes.
+    pub len: u64,
+    /// CRC-32 of all the item's bytes in offset order.
+    pub crc: u32,
+}
+
+impl ItemEnd {
+    /// Payload length: len (u64) and crc (u32).
+    pub const PAYLOAD_LEN: usize = 12;
+    /// Header plus payload.
+    pub const ENCODED_LEN: usize = HEADER_LEN + Self::PAYLOAD_LEN;
+
+    /// Decodes the 12-byte payload.
+    pub fn decode(head: FrameHeader, mut p: &[u8]) -> Result<Self, DecodeError> {
+        check_exact(head, p, Self::PAYLOAD_LEN)?;
+        Ok(ItemEnd { item: head.item, len: p.get_u64_le(), crc: p.get_u32_le() })
+    }
+
+    /// Writes header and payload.
+    pub fn encode<B: BufMut>(&self, dst: &mut B) {
+        let mut p = [0u8; Self::PAYLOAD_LEN];
+        p[..8].copy_from_slice(&self.len.to_le_bytes());
+        p[8..].copy_from_slice(&self.crc.to_le_bytes());
+        FrameHeader::new(FrameKind::ItemEnd, self.item, 0, p.len() as u32, crc::checksum(&p)).encode(dst);
+        dst.put_slice(&p);
+    }
+}
+
+/// Closes the object (SPEC.md §4.5): counts and the CRC-32 of all item bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
+pub struct ObjectEnd {
+    /// Number of items sent.
+    pub items: u64,
+    /// Sum of the items' lengths.
+    pub len: u64,
+    /// CRC-32 of the concatenation of all items' bytes in item order.
+    pub crc: u32,
+}
+
+impl ObjectEnd {
+    /// Payload length: items (u64), len (u64), crc (u32).
+    pub const PAYLOAD_LEN: usize = 20;
+    /// Header plus payload.
+    pub const ENCODED_LEN: usize = HEADER_LEN + Self::PAYLOAD_LEN;
+
+    /// Decodes the 20-byte payload.
+    pub fn decode(head: FrameHeader, mut p: &[u8]) -> Result<Self, DecodeError> {
+        check_exact(head, p, Self::PAYLOAD_LEN)?;
+        Ok(ObjectEnd { items: p.get_u64_le(), len: p.get_u64_le(), crc: p.get_u32_le() })
+    }
+
+    /// Writes header and payload.
+    pub fn encode<B: BufMut>(&self, dst: &mut B) {
+        let mut p = [0u8; Self::PAYLOAD_LEN];
+        p[..8].copy_from_slice(&self.items.to_le_bytes());
+        p[8..16].copy_from_slice(&self.len.to_le_bytes());
+        p[16..].copy_from_slice(&self.crc.to_le_bytes());
+        FrameHeader::new(FrameKind::ObjectEnd, NO_ITEM, 0, p.len() as u32, crc::checksum(&p)).encode(dst);
+        dst.put_slice(&p);
+    }
+}
+
+fn check_exact(head: FrameHeader, p: &[u8], expected: usize) -> Result<(), DecodeError> {
+    // SPEC.md §4.4, §4.5: fixed payloads have exactly their length.
+    if p.len() != expected {
+        return Err(DecodeError::BadPayloadLength { kind: head.kind, len: p.len() as u64, expected: expected as u64 });
+    }
+    Ok(())
+}
+
+/// An abort code (SPEC.md §4.6). Codes this version does not name still
+/// round-trip.
+///
+/// ```
+/// use tensorwire::wire::AbortCode;
+/// assert_eq!(AbortCode::from(2), AbortCode::CANCELLED);
+/// assert_eq!(AbortCode::from(999).to_string(), "unknown (999)");
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
+pub struct AbortCode(u32);
+
+impl AbortCode {
+    /// The sender failed for a reason of its own.
+    pub const INTERNAL: AbortCode = AbortCode(1);
+    /// The transfer was cancelled.
+    pub const CANCELLED: AbortCode = AbortCode(2);
+    /// The object or an item does not exist.
+    pub const NOT_FOUND: AbortCode = AbortCode(3);
+    /// The peer broke the protocol.
+    pub const PROTOCOL: AbortCode = AbortCode(4);
+    /// Data failed a checksum.
+    pub const CHECKSUM: AbortCode = AbortCode(5);
+    /// A limit was exceeded.
+    pub const LIMIT: AbortCode = AbortCode(6);
+    /// The source changed while it was being sent.
+    pub const SOURCE_CHANGED: AbortCode = AbortCode(7);
+    /// A deadline passed.
+    pub const TIMEOUT: AbortCode = AbortCode(8);
+    /// An option or encoding is not supported.
+    pub const UNSUPPORTED: AbortCode = AbortCode(9);
+
+    /// The numeric value.
+    pub fn value(self) -> u32 {
+        self.0
+    }
+
+    fn name(self) -> Option<&'static str> {
+        Some(match self.0 {
+            1 => "internal",
+            2 => "cancelled",
+            3 => "not found",
+            4 => "protocol",
+            5 => "checksum",
+            6 => "limit",
+            7 => "source changed",
+            8 => "timeout",
+            9 => "unsupported",
+            _ => return None,
+        })
+    }
+}
+
+impl From<u32> for AbortCode {
+    fn from(v: u32) -> Self {
+        AbortCode(v)
+    }
+}
+
+impl std::fmt::Display for AbortCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.name() {
+            Some(n) => f.write_str(n),
+            None => write!(f, "unknown ({})", self.0),
+        }
+    }
+}
+
+impl std::fmt::Debug for AbortCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AbortCode({}: {self})", self.0)
+    }
+}
+
+/// Ends the object early (SPEC.md §4.6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
+pub struct Abort {
+    /// The item being sent when the sender gave up, if any.
+    pub item: Option<u32>,
+    /// Why.
+    pub code: AbortCode,
+    /// A human-readable explanation (UTF-8).
+    pub message: String,
+}
+
+impl Abort {
+    /// An abort not tied to an item.
+    pub fn new(code: AbortCode, message: impl Into<String>) -> Self {
+        Abort { item: None, code, message: message.into() }
+    }
+
+    /// Decodes code (u32) and UTF-8 message.
+    pub fn decode(head: FrameHeader, mut p: &[u8]) -> Result<Self, DecodeError> {
+        // SPEC.md §4.6: the payload is at least the 4-byte code.
+        if p.len() < 4 {
+            return Err(DecodeError::BadPayloadLength { kind: head.kind, len: p.len() as u64, expected: 4 });
+        }
+        let code = AbortCode(p.get_u32_le());
+        let message = std::str::from_utf8(p).map_err(|_| DecodeError::InvalidUtf8)?.to_string();
+        let item = (head.item != NO_ITEM).then_some(head.item);
+        Ok(Abort { item, code, message })
+    }
+
+    /// Writes header and payload.
+    pub fn encode<B: BufMut>(&self, dst: &mut B) {
+        let mut p = Vec::with_capacity(4 + self.message.len());
+        p.extend_from_slice(&self.code.0.to_le_bytes());
+        p.extend_from_slice(self.message.as_bytes());
+        let len = u32::try_from(p.len()).unwrap_or(u32::MAX);
+        FrameHeader::new(FrameKind::Abort, self.item.unwrap_or(NO_ITEM), 0, len, crc::checksum(&p)).encode(dst);
+        dst.put_slice(&p);
+    }
+
+    /// Bytes [`Abort::encode`] writes.
+    pub fn encoded_len(&self) -> usize {
+        HEADER_LEN + 4 + self.message.len()
+    }
+}
