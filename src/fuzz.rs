@@ -63,6 +63,76 @@ pub fn roundtrip(frame: Frame) {
     }
 }
 
+/// Encoded objects that seed the `decode_frames` corpus: valid ones of each
+/// mode, and damaged copies of them.
+pub fn seed_objects() -> Vec<Vec<u8>> {
+    use bytes::Bytes;
+
+    use crate::wire::{preamble, Abort, AbortCode, Dtype, Encoding, ItemHeader, Mode, ObjectEncoder, ObjectHeader};
+
+    let mut out = Vec::new();
+    let mut push = |frames: Vec<Result<Frame, crate::wire::EncodeError>>| {
+        let mut buf = preamble().to_vec();
+        for f in frames.into_iter().flatten() {
+            f.encode(&mut buf);
+        }
+        out.push(buf);
+    };
+    let data = Bytes::from((0..=255u8).cycle().take(300).collect::<Vec<_>>());
+    let mut e = ObjectEncoder::new();
+    push(vec![
+        e.object_header(ObjectHeader::new("file.bin", Mode::File).with_items(1).with_total_len(300)),
+        e.item_header(ItemHeader::bytes(0, "file.bin", 300)),
+        e.chunk(data.slice(..100)),
+        e.chunk(data.slice(100..)),
+        e.item_end(),
+        e.object_end(),
+    ]);
+    let mut e = ObjectEncoder::new();
+    let mut q = ItemHeader::tensor(0, "q", Dtype::F32, vec![64]);
+    q.encoding = Encoding::Nf4 { block_size: 64, nested: false };
+    q.len = 36;
+    push(vec![
+        e.object_header(ObjectHeader::new("model", Mode::Container)),
+        e.item_header(ItemHeader::tensor(0, "w", Dtype::F16, vec![2, 3])),
+        e.chunk(data.slice(..12)),
+        e.item_end(),
+        e.item_header(ItemHeader::tensor(0, "empty", Dtype::I64, vec![0])),
+        e.item_end(),
+        e.item_header(q),
+        e.chunk(data.slice(..36)),
+        e.item_end(),
+        e.object_end(),
+    ]);
+    let mut e = ObjectEncoder::new();
+    let abort = Abort::new(AbortCode::SOURCE_CHANGED, "file changed");
+    push(vec![
+        e.object_header(ObjectHeader::new("x", Mode::File)),
+        e.item_header(ItemHeader::bytes(0, "x", 10)),
+        Ok(e.abort(abort)),
+    ]);
+    let valid = out.len();
+    for i in 0..valid {
+        let mut flipped = out[i].clone();
+        let at = flipped.len() / 2;
+        flipped[at] ^= 0x10;
+        out.push(flipped);
+        let mut cut = out[i].clone();
+        cut.truncate(cut.len() - 5);
+        out.push(cut);
+    }
+    // Every seed gets a control byte in front: the split schedule length.
+    out.into_iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let mut v = vec![(i % 8) as u8, 3, 250, 1, 77, 9, 128, 0];
+            v.truncate(1 + i % 8);
+            v.extend_from_slice(&o);
+            v
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -78,6 +148,30 @@ mod tests {
             .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()));
         files.sort();
         files.iter().map(|p| std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).collect()
+    }
+
+    /// Writes the generated seeds into `fuzz/corpus/decode_frames`:
+    /// `TENSORWIRE_WRITE_CORPUS=1 cargo test --lib write_seed_corpus`.
+    #[test]
+    fn write_seed_corpus() {
+        if std::env::var_os("TENSORWIRE_WRITE_CORPUS").is_none() {
+            return;
+        }
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/decode_frames");
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        for (i, seed) in super::seed_objects().iter().enumerate() {
+            std::fs::write(dir.join(format!("seed-{i:02}")), seed).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    #[test]
+    fn valid_seeds_decode_completely() {
+        let seeds = super::seed_objects();
+        for seed in &seeds[..3] {
+            let (frames, end) = super::decode_split(&seed[1 + usize::from(seed[0] % 8)..], &[]);
+            assert_eq!(end, Ok(()));
+            assert!(frames.len() >= 3);
+        }
     }
 
     #[test]

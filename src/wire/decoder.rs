@@ -212,3 +212,123 @@ impl tokio_util::codec::Decoder for FrameDecoder {
         Ok(self.decode_frame_eof(src)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+
+    use super::*;
+    use crate::wire::test_util::{decode_all, object_bytes, two_tensors};
+    use crate::wire::{preamble, FrameKind, VERSION};
+
+    #[test]
+    fn decodes_valid_object() {
+        let frames = two_tensors();
+        let (decoded, end) = decode_all(object_bytes(&frames), Sequencer::new(Limits::default()));
+        assert_eq!(end, Ok(()));
+        assert_eq!(decoded, frames);
+    }
+
+    #[test]
+    fn rejects_bad_magic() {
+        let mut bytes = object_bytes(&two_tensors());
+        bytes[0] = b'X';
+        assert_eq!(decode_all(bytes, Sequencer::new(Limits::default())).1, Err(DecodeError::BadMagic));
+    }
+
+    #[test]
+    fn rejects_unknown_version() {
+        let mut bytes = object_bytes(&two_tensors());
+        bytes[4..6].copy_from_slice(&(VERSION + 1).to_le_bytes());
+        assert_eq!(decode_all(bytes, Sequencer::new(Limits::default())).1, Err(DecodeError::UnsupportedVersion(2)));
+    }
+
+    #[test]
+    fn rejects_eof_inside_frame() {
+        let mut bytes = object_bytes(&two_tensors());
+        bytes.truncate(bytes.len() - 3);
+        let (_, end) = decode_all(bytes, Sequencer::new(Limits::default()));
+        assert_eq!(end, Err(DecodeError::UnexpectedEof { needed: 3 }));
+    }
+
+    #[test]
+    fn rejects_eof_between_frames_before_object_end() {
+        let mut frames = two_tensors();
+        frames.pop();
+        assert_eq!(decode_all(object_bytes(&frames), Sequencer::new(Limits::default())).1, Err(DecodeError::Truncated));
+    }
+
+    #[test]
+    fn rejects_eof_inside_preamble() {
+        let bytes = BytesMut::from(&preamble()[..5]);
+        assert_eq!(decode_all(bytes, Sequencer::new(Limits::default())).1, Err(DecodeError::UnexpectedEof { needed: 3 }));
+    }
+
+    #[test]
+    fn rejects_empty_stream() {
+        assert_eq!(
+            decode_all(BytesMut::new(), Sequencer::new(Limits::default())).1,
+            Err(DecodeError::UnexpectedEof { needed: 8 })
+        );
+    }
+
+    #[test]
+    fn rejects_trailing_bytes() {
+        let mut bytes = object_bytes(&two_tensors());
+        bytes.extend_from_slice(b"junk");
+        assert_eq!(decode_all(bytes, Sequencer::new(Limits::default())).1, Err(DecodeError::TrailingData(4)));
+    }
+
+    #[test]
+    fn checks_length_before_reserving() {
+        // A header claiming a 16 MiB + 1 chunk, with nothing behind it.
+        let mut head = Vec::new();
+        FrameHeader::new(FrameKind::Chunk, 0, 0, Limits::DEFAULT_MAX_PAYLOAD + 1, 0).encode(&mut head);
+        let mut buf = BytesMut::from(&preamble()[..]);
+        buf.extend_from_slice(&head);
+        let mut dec = FrameDecoder::new();
+        assert!(matches!(dec.decode_frame(&mut buf), Err(DecodeError::FrameTooLarge { .. })));
+        assert!(buf.capacity() < 4096, "reserved {} bytes for a rejected frame", buf.capacity());
+    }
+
+    #[test]
+    fn chunk_payload_is_not_copied() -> Result<(), DecodeError> {
+        let mut buf = object_bytes(&two_tensors());
+        let range = buf.as_ptr_range();
+        let mut dec = FrameDecoder::new();
+        while let Some(f) = dec.decode_frame(&mut buf)? {
+            if let Frame::Chunk(c) = f {
+                assert!(range.contains(&c.data.as_ptr()), "chunk data was copied");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn errors_are_sticky() {
+        let mut bytes = object_bytes(&two_tensors());
+        bytes[0] = 0;
+        let mut dec = FrameDecoder::new();
+        let first = dec.decode_frame(&mut bytes);
+        assert_eq!(first, Err(DecodeError::BadMagic));
+        assert_eq!(dec.decode_frame(&mut bytes), first);
+        assert_eq!(dec.finish(&bytes), Err(DecodeError::BadMagic));
+    }
+
+    #[test]
+    fn byte_at_a_time_gives_the_same_frames() {
+        let frames = two_tensors();
+        let bytes = object_bytes(&frames);
+        let mut dec = FrameDecoder::new();
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for b in bytes.iter() {
+            buf.extend_from_slice(&[*b]);
+            while let Ok(Some(f)) = dec.decode_frame(&mut buf) {
+                out.push(f);
+            }
+        }
+        assert_eq!(dec.finish(&buf), Ok(()));
+        assert_eq!(out, frames);
+    }
+}

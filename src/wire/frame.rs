@@ -788,3 +788,297 @@ impl Abort {
         HEADER_LEN + 4 + self.message.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::test_util::TestResult;
+
+    /// A header with the given fields, CRCs computed; then the payload.
+    fn raw_frame(kind: u8, item: u32, offset: u64, payload: &[u8]) -> Vec<u8> {
+        let mut b = vec![kind, 0, 0, 0];
+        b.extend_from_slice(&item.to_le_bytes());
+        b.extend_from_slice(&offset.to_le_bytes());
+        b.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        b.extend_from_slice(&crc::checksum(payload).to_le_bytes());
+        let hc = crc::checksum(&b);
+        b.extend_from_slice(&hc.to_le_bytes());
+        b.extend_from_slice(payload);
+        b
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Frame, DecodeError> {
+        decode_with(bytes, &Limits::default())
+    }
+
+    fn decode_with(bytes: &[u8], limits: &Limits) -> Result<Frame, DecodeError> {
+        let mut head = [0u8; HEADER_LEN];
+        head.copy_from_slice(&bytes[..HEADER_LEN]);
+        let head = FrameHeader::decode(&head)?;
+        Frame::decode(head, Bytes::copy_from_slice(&bytes[HEADER_LEN..]), limits)
+    }
+
+    fn round_trip(frame: Frame) -> TestResult {
+        let mut buf = Vec::new();
+        frame.encode(&mut buf);
+        assert_eq!(buf.len(), frame.encoded_len());
+        assert_eq!(decode(&buf)?, frame);
+        let mut parts = frame.clone().into_buf();
+        assert_eq!(parts.copy_to_bytes(parts.remaining()), buf);
+        Ok(())
+    }
+
+    #[test]
+    fn object_header_byte_literal() -> TestResult {
+        let json = br#"{"name":"m","mode":"container","items":2,"total_len":null,"chunk_size":1024,"future_key":[1]}"#;
+        let bytes = raw_frame(0x01, NO_ITEM, 0, json);
+        let Frame::ObjectHeader(h) = decode(&bytes)? else { panic!("wrong kind") };
+        assert_eq!(h.name, "m");
+        assert_eq!(h.mode, Mode::Container);
+        assert_eq!(h.items, Some(2));
+        assert_eq!(h.total_len, None);
+        assert_eq!(h.chunk_size, 1024);
+        Ok(())
+    }
+
+    #[test]
+    fn item_header_byte_literal() -> TestResult {
+        let json = br#"{"name":"w","dtype":"BF16","shape":[2,3],"len":12}"#;
+        let Frame::ItemHeader(h) = decode(&raw_frame(0x02, 5, 0, json))? else { panic!("wrong kind") };
+        assert_eq!(h, ItemHeader { item: 5, ..ItemHeader::tensor(0, "w", Dtype::BF16, vec![2, 3]) });
+        Ok(())
+    }
+
+    #[test]
+    fn item_header_with_encoding_byte_literal() -> TestResult {
+        let json = br#"{"name":"q","dtype":"F32","shape":[65],"len":41,"encoding":{"scheme":"nf4","block_size":64}}"#;
+        let Frame::ItemHeader(h) = decode(&raw_frame(0x02, 0, 0, json))? else { panic!("wrong kind") };
+        assert_eq!(h.encoding, Encoding::Nf4 { block_size: 64, nested: false });
+        Ok(())
+    }
+
+    #[test]
+    fn chunk_byte_literal() -> TestResult {
+        let bytes = raw_frame(0x03, 1, 8, &[1, 2, 3]);
+        let Frame::Chunk(c) = decode(&bytes)? else { panic!("wrong kind") };
+        assert_eq!((c.item, c.offset, &c.data[..]), (1, 8, &[1u8, 2, 3][..]));
+        Ok(())
+    }
+
+    #[test]
+    fn item_end_byte_literal() -> TestResult {
+        let payload = [
+            0x0C, 0, 0, 0, 0, 0, 0, 0, // len 12
+            0x78, 0x56, 0x34, 0x12, // crc 0x12345678
+        ];
+        let frame = decode(&raw_frame(0x04, 3, 0, &payload))?;
+        assert_eq!(frame, Frame::ItemEnd(ItemEnd { item: 3, len: 12, crc: 0x1234_5678 }));
+        Ok(())
+    }
+
+    #[test]
+    fn object_end_byte_literal() -> TestResult {
+        let payload = [
+            2, 0, 0, 0, 0, 0, 0, 0, // items 2
+            0x20, 0, 0, 0, 0, 0, 0, 0, // len 32
+            0xEF, 0xBE, 0xAD, 0xDE, // crc 0xDEADBEEF
+        ];
+        let frame = decode(&raw_frame(0x05, NO_ITEM, 0, &payload))?;
+        assert_eq!(frame, Frame::ObjectEnd(ObjectEnd { items: 2, len: 32, crc: 0xDEAD_BEEF }));
+        Ok(())
+    }
+
+    #[test]
+    fn abort_byte_literal() -> TestResult {
+        let payload = [
+            0x02, 0, 0, 0, // code 2: cancelled
+            b'b', b'y', b'e', // message
+        ];
+        let frame = decode(&raw_frame(0x06, 4, 0, &payload))?;
+        assert_eq!(frame, Frame::Abort(Abort { item: Some(4), code: AbortCode::CANCELLED, message: "bye".into() }));
+        Ok(())
+    }
+
+    #[test]
+    fn every_kind_round_trips() -> TestResult {
+        let code: Vec<f32> = (0..256).map(|i| i as f32 / 255.0 - 0.5).collect();
+        let mut q = ItemHeader::tensor(7, "q", Dtype::F16, vec![4097]);
+        q.encoding = Encoding::Blockwise8 { block_size: 4096, code: Some(code) };
+        q.len = q.encoding.encoded_len(4097, Dtype::F16).unwrap_or(0);
+        let mut meta = ObjectHeader::new("model", Mode::File).with_items(1).with_total_len(10);
+        meta.metadata.insert("format".into(), "safetensors".into());
+        for frame in [
+            Frame::ObjectHeader(meta),
+            Frame::ItemHeader(ItemHeader::tensor(0, "embed", Dtype::F8_E4M3, vec![3, 0, 5])),
+            Frame::ItemHeader(ItemHeader::bytes(1, "file", 1 << 37)),
+            Frame::ItemHeader(q),
+            Frame::Chunk(Chunk::new(2, 1 << 33, Bytes::from_static(b"payload"))),
+            Frame::ItemEnd(ItemEnd { item: 9, len: 1 << 35, crc: 7 }),
+            Frame::ObjectEnd(ObjectEnd { items: 1, len: 2, crc: 3 }),
+            Frame::Abort(Abort::new(AbortCode::from(77), "über")),
+        ] {
+            round_trip(frame)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn decode_rejects_payload_checksum_mismatch() {
+        let mut bytes = raw_frame(0x03, 1, 64, b"abc");
+        bytes[HEADER_LEN] ^= 0xFF;
+        assert_eq!(
+            decode(&bytes),
+            Err(DecodeError::PayloadChecksum { item: 1, offset: 64, expected: crc::checksum(b"abc"), actual: crc::checksum(b"\x9ebc") })
+        );
+    }
+
+    #[test]
+    fn decode_rejects_oversized_chunk() {
+        let limits = Limits { max_payload: 2, ..Limits::default() };
+        assert_eq!(decode_with(&raw_frame(0x03, 0, 0, b"abc"), &limits), Err(DecodeError::FrameTooLarge { len: 3, max: 2 }));
+    }
+
+    #[test]
+    fn decode_rejects_oversized_metadata() {
+        let limits = Limits { max_meta: 8, ..Limits::default() };
+        let json = br#"{"name":"w","len":0}"#;
+        assert!(matches!(decode_with(&raw_frame(0x02, 0, 0, json), &limits), Err(DecodeError::FrameTooLarge { .. })));
+    }
+
+    #[test]
+    fn decode_rejects_item_end_of_wrong_length() {
+        assert!(matches!(
+            decode(&raw_frame(0x04, 0, 0, &[0; 11])),
+            Err(DecodeError::BadPayloadLength { kind: FrameKind::ItemEnd, len: 11, expected: 12 })
+        ));
+    }
+
+    #[test]
+    fn decode_rejects_object_end_of_wrong_length() {
+        assert!(matches!(decode(&raw_frame(0x05, NO_ITEM, 0, &[0; 21])), Err(DecodeError::BadPayloadLength { .. })));
+    }
+
+    #[test]
+    fn decode_rejects_object_frame_naming_an_item() {
+        assert!(matches!(decode(&raw_frame(0x05, 0, 0, &[0; 20])), Err(DecodeError::BadAddress { .. })));
+    }
+
+    #[test]
+    fn decode_rejects_item_frame_without_item() {
+        assert!(matches!(decode(&raw_frame(0x03, NO_ITEM, 0, b"x")), Err(DecodeError::BadAddress { .. })));
+    }
+
+    #[test]
+    fn decode_rejects_offset_on_non_chunk() {
+        assert!(matches!(decode(&raw_frame(0x04, 0, 8, &[0; 12])), Err(DecodeError::BadAddress { .. })));
+    }
+
+    #[test]
+    fn decode_rejects_malformed_json() {
+        assert!(matches!(decode(&raw_frame(0x01, NO_ITEM, 0, b"{\"name\":")), Err(DecodeError::BadMetadata { .. })));
+    }
+
+    #[test]
+    fn decode_rejects_unknown_mode() {
+        let json = br#"{"name":"m","mode":"zip","chunk_size":1}"#;
+        assert!(matches!(decode(&raw_frame(0x01, NO_ITEM, 0, json)), Err(DecodeError::BadMetadata { .. })));
+    }
+
+    #[test]
+    fn decode_rejects_item_count_over_limit() {
+        let json = br#"{"name":"m","mode":"file","items":1048577,"chunk_size":1}"#;
+        assert!(matches!(decode(&raw_frame(0x01, NO_ITEM, 0, json)), Err(DecodeError::LimitExceeded { what: "item count", .. })));
+    }
+
+    #[test]
+    fn decode_rejects_empty_name() {
+        let json = br#"{"name":"","len":0}"#;
+        assert!(matches!(decode(&raw_frame(0x02, 0, 0, json)), Err(DecodeError::BadMetadata { .. })));
+    }
+
+    #[test]
+    fn decode_rejects_name_over_limit() {
+        let json = format!(r#"{{"name":"{}","len":0}}"#, "n".repeat(4097));
+        assert!(matches!(decode(&raw_frame(0x02, 0, 0, json.as_bytes())), Err(DecodeError::LimitExceeded { what: "name length", .. })));
+    }
+
+    #[test]
+    fn decode_rejects_unknown_dtype() {
+        let json = br#"{"name":"w","dtype":"F128","shape":[1],"len":16}"#;
+        assert_eq!(decode(&raw_frame(0x02, 0, 0, json)), Err(DecodeError::UnknownDtype("F128".into())));
+    }
+
+    #[test]
+    fn decode_rejects_unknown_encoding() {
+        let json = br#"{"name":"w","dtype":"F32","shape":[1],"len":1,"encoding":{"scheme":"int3"}}"#;
+        assert_eq!(decode(&raw_frame(0x02, 0, 0, json)), Err(DecodeError::UnknownEncoding("int3".into())));
+    }
+
+    #[test]
+    fn decode_rejects_length_disagreeing_with_shape() {
+        let json = br#"{"name":"w","dtype":"F32","shape":[2,3],"len":25}"#;
+        assert!(matches!(decode(&raw_frame(0x02, 0, 0, json)), Err(DecodeError::InconsistentItem { item: 0, .. })));
+    }
+
+    #[test]
+    fn decode_rejects_shape_overflow() {
+        let json = br#"{"name":"w","dtype":"F32","shape":[4294967296,4294967296],"len":0}"#;
+        assert!(matches!(decode(&raw_frame(0x02, 0, 0, json)), Err(DecodeError::InconsistentItem { .. })));
+    }
+
+    #[test]
+    fn decode_rejects_dtype_without_shape() {
+        let json = br#"{"name":"w","dtype":"F32","len":4}"#;
+        assert!(matches!(decode(&raw_frame(0x02, 0, 0, json)), Err(DecodeError::InconsistentItem { .. })));
+    }
+
+    #[test]
+    fn decode_rejects_encoded_opaque_item() {
+        let json = br#"{"name":"w","len":4,"encoding":{"scheme":"fp16"}}"#;
+        assert!(matches!(decode(&raw_frame(0x02, 0, 0, json)), Err(DecodeError::InconsistentItem { .. })));
+    }
+
+    #[test]
+    fn decode_rejects_rank_over_limit() {
+        let json = format!(r#"{{"name":"w","dtype":"U8","shape":[{}],"len":1}}"#, ["1"; 33].join(","));
+        assert!(matches!(decode(&raw_frame(0x02, 0, 0, json.as_bytes())), Err(DecodeError::LimitExceeded { what: "rank", .. })));
+    }
+
+    #[test]
+    fn decode_rejects_item_length_over_limit() {
+        let json = br#"{"name":"w","len":274877906945}"#;
+        assert!(matches!(decode(&raw_frame(0x02, 0, 0, json)), Err(DecodeError::LimitExceeded { what: "item length", .. })));
+    }
+
+    #[test]
+    fn decode_rejects_bad_code_table() {
+        let json = br#"{"name":"w","dtype":"F32","shape":[1],"len":5,"encoding":{"scheme":"blockwise8","block_size":4096,"code":"00"}}"#;
+        assert!(matches!(decode(&raw_frame(0x02, 0, 0, json)), Err(DecodeError::BadMetadata { .. })));
+    }
+
+    #[test]
+    fn decode_rejects_abort_without_code() {
+        assert!(matches!(decode(&raw_frame(0x06, NO_ITEM, 0, &[1, 0])), Err(DecodeError::BadPayloadLength { .. })));
+    }
+
+    #[test]
+    fn decode_rejects_abort_with_invalid_utf8() {
+        assert_eq!(decode(&raw_frame(0x06, NO_ITEM, 0, &[1, 0, 0, 0, 0xFF])), Err(DecodeError::InvalidUtf8));
+    }
+
+    #[test]
+    fn validate_agrees_with_decode_on_invalid_frames() {
+        let bad = Frame::ItemHeader(ItemHeader { len: 3, ..ItemHeader::tensor(0, "w", Dtype::F32, vec![1]) });
+        assert!(bad.validate(&Limits::default()).is_err());
+        let mut buf = Vec::new();
+        bad.encode(&mut buf);
+        assert!(decode(&buf).is_err());
+    }
+
+    #[test]
+    fn debug_leaves_out_payload_bytes() {
+        let c = Chunk::new(0, 0, Bytes::from_static(b"secret weights"));
+        let s = format!("{c:?}");
+        assert!(s.contains("len: 14") && !s.contains("secret"));
+    }
+}

@@ -4,6 +4,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::*;
 
+#[allow(dead_code)]
 pub(crate) type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 /// Preamble followed by the frames, encoded.
