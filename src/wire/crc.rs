@@ -70,10 +70,7 @@ impl Combined {
 
 impl std::fmt::Debug for Combined {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Combined")
-            .field("crc", &format_args!("{:#010x}", self.crc))
-            .field("len", &self.len)
-            .finish()
+        f.debug_struct("Combined").field("crc", &format_args!("{:#010x}", self.crc)).field("len", &self.len).finish()
     }
 }
 

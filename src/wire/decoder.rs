@@ -261,7 +261,10 @@ mod tests {
     #[test]
     fn rejects_eof_inside_preamble() {
         let bytes = BytesMut::from(&preamble()[..5]);
-        assert_eq!(decode_all(bytes, Sequencer::new(Limits::default())).1, Err(DecodeError::UnexpectedEof { needed: 3 }));
+        assert_eq!(
+            decode_all(bytes, Sequencer::new(Limits::default())).1,
+            Err(DecodeError::UnexpectedEof { needed: 3 })
+        );
     }
 
     #[test]

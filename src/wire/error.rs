@@ -29,7 +29,9 @@ pub enum DecodeError {
     /// §3: the payload checksum does not match. The header itself was intact,
     /// so `item` and `offset` locate the damaged chunk: the chunk can be
     /// fetched again.
-    #[error("payload checksum mismatch in item {item} at offset {offset} (expected {expected:#010x}, got {actual:#010x})")]
+    #[error(
+        "payload checksum mismatch in item {item} at offset {offset} (expected {expected:#010x}, got {actual:#010x})"
+    )]
     PayloadChecksum {
         /// Item index of the damaged frame.
         item: u32,

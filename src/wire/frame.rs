@@ -87,10 +87,8 @@ impl Frame {
             Frame::ItemEnd(e) => (e.item, 0),
             Frame::Abort(a) => (a.item.unwrap_or(NO_ITEM), 0),
         };
-        let len = u32::try_from(payload_len).map_err(|_| DecodeError::FrameTooLarge {
-            len: payload_len as u64,
-            max: u32::MAX.into(),
-        })?;
+        let len = u32::try_from(payload_len)
+            .map_err(|_| DecodeError::FrameTooLarge { len: payload_len as u64, max: u32::MAX.into() })?;
         let head = FrameHeader::new(self.kind(), item, offset, len, 0);
         check_len(head, limits)?;
         check_address(head)?;
@@ -928,14 +926,22 @@ mod tests {
         bytes[HEADER_LEN] ^= 0xFF;
         assert_eq!(
             decode(&bytes),
-            Err(DecodeError::PayloadChecksum { item: 1, offset: 64, expected: crc::checksum(b"abc"), actual: crc::checksum(b"\x9ebc") })
+            Err(DecodeError::PayloadChecksum {
+                item: 1,
+                offset: 64,
+                expected: crc::checksum(b"abc"),
+                actual: crc::checksum(b"\x9ebc")
+            })
         );
     }
 
     #[test]
     fn decode_rejects_oversized_chunk() {
         let limits = Limits { max_payload: 2, ..Limits::default() };
-        assert_eq!(decode_with(&raw_frame(0x03, 0, 0, b"abc"), &limits), Err(DecodeError::FrameTooLarge { len: 3, max: 2 }));
+        assert_eq!(
+            decode_with(&raw_frame(0x03, 0, 0, b"abc"), &limits),
+            Err(DecodeError::FrameTooLarge { len: 3, max: 2 })
+        );
     }
 
     #[test]
@@ -987,7 +993,10 @@ mod tests {
     #[test]
     fn decode_rejects_item_count_over_limit() {
         let json = br#"{"name":"m","mode":"file","items":1048577,"chunk_size":1}"#;
-        assert!(matches!(decode(&raw_frame(0x01, NO_ITEM, 0, json)), Err(DecodeError::LimitExceeded { what: "item count", .. })));
+        assert!(matches!(
+            decode(&raw_frame(0x01, NO_ITEM, 0, json)),
+            Err(DecodeError::LimitExceeded { what: "item count", .. })
+        ));
     }
 
     #[test]
@@ -999,7 +1008,10 @@ mod tests {
     #[test]
     fn decode_rejects_name_over_limit() {
         let json = format!(r#"{{"name":"{}","len":0}}"#, "n".repeat(4097));
-        assert!(matches!(decode(&raw_frame(0x02, 0, 0, json.as_bytes())), Err(DecodeError::LimitExceeded { what: "name length", .. })));
+        assert!(matches!(
+            decode(&raw_frame(0x02, 0, 0, json.as_bytes())),
+            Err(DecodeError::LimitExceeded { what: "name length", .. })
+        ));
     }
 
     #[test]
@@ -1041,13 +1053,19 @@ mod tests {
     #[test]
     fn decode_rejects_rank_over_limit() {
         let json = format!(r#"{{"name":"w","dtype":"U8","shape":[{}],"len":1}}"#, ["1"; 33].join(","));
-        assert!(matches!(decode(&raw_frame(0x02, 0, 0, json.as_bytes())), Err(DecodeError::LimitExceeded { what: "rank", .. })));
+        assert!(matches!(
+            decode(&raw_frame(0x02, 0, 0, json.as_bytes())),
+            Err(DecodeError::LimitExceeded { what: "rank", .. })
+        ));
     }
 
     #[test]
     fn decode_rejects_item_length_over_limit() {
         let json = br#"{"name":"w","len":274877906945}"#;
-        assert!(matches!(decode(&raw_frame(0x02, 0, 0, json)), Err(DecodeError::LimitExceeded { what: "item length", .. })));
+        assert!(matches!(
+            decode(&raw_frame(0x02, 0, 0, json)),
+            Err(DecodeError::LimitExceeded { what: "item length", .. })
+        ));
     }
 
     #[test]

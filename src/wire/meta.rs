@@ -268,9 +268,7 @@ impl Encoding {
             Encoding::Fp16 | Encoding::Bf16 => 2,
             _ => match self.blocks() {
                 Some((block, bits, false)) => 4 + block * bits / 8,
-                Some((block, bits, true)) => {
-                    8 + NESTED_GROUP_BLOCKS * (1 + block * bits / 8)
-                }
+                Some((block, bits, true)) => 8 + NESTED_GROUP_BLOCKS * (1 + block * bits / 8),
                 None => 1,
             },
         }
@@ -407,10 +405,8 @@ fn code_to_hex(code: &[f32]) -> String {
 }
 
 fn code_from_hex(s: &str) -> Result<Vec<f32>, DecodeError> {
-    let bad = || DecodeError::BadMetadata {
-        kind: FrameKind::ItemHeader,
-        reason: "code must be 2048 hex digits".into(),
-    };
+    let bad =
+        || DecodeError::BadMetadata { kind: FrameKind::ItemHeader, reason: "code must be 2048 hex digits".into() };
     // SPEC.md §5.5.1: exactly 256 f32 values, 8 hex digits each.
     if s.len() != 256 * 8 || !s.is_ascii() {
         return Err(bad());

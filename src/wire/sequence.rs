@@ -20,7 +20,7 @@ use super::{DecodeError, Frame, FrameKind, ItemHeader, Limits, Mode};
 ///
 /// ```
 /// use bytes::Bytes;
-/// use tensorwire::wire::{Frame, Limits, Mode, ObjectEncoder, ObjectHeader, ItemHeader, Sequencer};
+/// use tensorwire::wire::{ItemHeader, Limits, Mode, ObjectEncoder, ObjectHeader, Sequencer};
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let mut enc = ObjectEncoder::new();
 /// let mut seq = Sequencer::new(Limits::default());
@@ -275,7 +275,12 @@ impl Sequencer {
         if !self.allow_gaps {
             // SPEC.md §7.3: every byte of the item arrived ...
             if open.received != len {
-                return Err(DecodeError::ItemEndMismatch { item, field: "length", claimed: len, actual: open.received });
+                return Err(DecodeError::ItemEndMismatch {
+                    item,
+                    field: "length",
+                    claimed: len,
+                    actual: open.received,
+                });
             }
             // SPEC.md §7.3: ... and the item's CRC matches.
             if open.crc.crc() != crc {
@@ -296,7 +301,8 @@ impl Sequencer {
         if self.open.is_some() {
             return Err(DecodeError::UnexpectedFrame { kind: FrameKind::ObjectEnd, reason: "an item is still open" });
         }
-        let mismatch = |field, claimed: u64, actual: u64| Err(DecodeError::ObjectEndMismatch { field, claimed, actual });
+        let mismatch =
+            |field, claimed: u64, actual: u64| Err(DecodeError::ObjectEndMismatch { field, claimed, actual });
         // SPEC.md §7.4: counts agree with what was received and declared.
         if items != self.next_item {
             return mismatch("items", items, self.next_item);
@@ -348,7 +354,10 @@ mod tests {
     #[test]
     fn rejects_frame_before_object_header() {
         let frames = two_tensors();
-        assert!(matches!(sequence(&frames[1..]), Err(DecodeError::UnexpectedFrame { kind: FrameKind::ItemHeader, .. })));
+        assert!(matches!(
+            sequence(&frames[1..]),
+            Err(DecodeError::UnexpectedFrame { kind: FrameKind::ItemHeader, .. })
+        ));
     }
 
     #[test]
@@ -377,7 +386,10 @@ mod tests {
         if let Frame::ItemHeader(h) = &mut frames[4] {
             h.item = 2;
         }
-        assert!(matches!(sequence(&frames), Err(DecodeError::UnexpectedFrame { reason: "item index out of order", .. })));
+        assert!(matches!(
+            sequence(&frames),
+            Err(DecodeError::UnexpectedFrame { reason: "item index out of order", .. })
+        ));
     }
 
     #[test]
@@ -439,10 +451,7 @@ mod tests {
             enc.chunk(Bytes::from_static(&[0; 30])),
         ];
         let frames: Vec<Frame> = frames.into_iter().filter_map(Result::ok).collect();
-        assert_eq!(
-            sequence(&frames),
-            Err(DecodeError::ChunkMisaligned { item: 0, offset: 0, len: 30, unit: 36 })
-        );
+        assert_eq!(sequence(&frames), Err(DecodeError::ChunkMisaligned { item: 0, offset: 0, len: 30, unit: 36 }));
     }
 
     #[test]
@@ -499,21 +508,15 @@ mod tests {
 
     #[test]
     fn rejects_more_items_than_declared() {
-        let frames = replace(
-            two_tensors(),
-            0,
-            Frame::ObjectHeader(ObjectHeader::new("model", Mode::Container).with_items(1)),
-        );
+        let frames =
+            replace(two_tensors(), 0, Frame::ObjectHeader(ObjectHeader::new("model", Mode::Container).with_items(1)));
         assert!(matches!(sequence(&frames), Err(DecodeError::LimitExceeded { what: "item count", .. })));
     }
 
     #[test]
     fn rejects_fewer_items_than_declared() {
-        let frames = replace(
-            two_tensors(),
-            0,
-            Frame::ObjectHeader(ObjectHeader::new("model", Mode::Container).with_items(3)),
-        );
+        let frames =
+            replace(two_tensors(), 0, Frame::ObjectHeader(ObjectHeader::new("model", Mode::Container).with_items(3)));
         assert_eq!(sequence(&frames), Err(DecodeError::ObjectEndMismatch { field: "items", claimed: 3, actual: 2 }));
     }
 
@@ -555,9 +558,15 @@ mod tests {
     #[test]
     fn rejects_names_beyond_budget() {
         let mut seq = Sequencer::new(Limits { max_names_total: 1, ..Limits::default() });
-        let r = [two_tensors()[0].clone(), two_tensors()[1].clone(), two_tensors()[2].clone(), two_tensors()[3].clone(), two_tensors()[4].clone()]
-            .iter()
-            .try_for_each(|f| seq.handle_frame(f).map(drop));
+        let r = [
+            two_tensors()[0].clone(),
+            two_tensors()[1].clone(),
+            two_tensors()[2].clone(),
+            two_tensors()[3].clone(),
+            two_tensors()[4].clone(),
+        ]
+        .iter()
+        .try_for_each(|f| seq.handle_frame(f).map(drop));
         assert!(matches!(r, Err(DecodeError::LimitExceeded { what: "total name bytes", .. })));
     }
 }
