@@ -18,6 +18,40 @@ pub enum Error {
     /// The HTTP/2 layer failed.
     #[error("http/2: {0}")]
     Http(#[from] h2::Error),
+    /// A safetensors file is not valid.
+    #[error("invalid safetensors: {0}")]
+    Safetensors(#[from] safetensors::SafeTensorError),
+    /// The object does not exist (HTTP 404, or not in the registry).
+    #[error("no object named {name:?}")]
+    NotFound {
+        /// The name asked for.
+        name: String,
+    },
+    /// An object name that could escape the server's root or is malformed.
+    #[error("invalid object name {name:?}: {reason}")]
+    InvalidName {
+        /// The name as received.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The server answered with an error status.
+    #[error("server answered {status}: {message}")]
+    Status {
+        /// The HTTP status code.
+        status: u16,
+        /// The response body (truncated).
+        message: String,
+    },
+    /// The peer did something this protocol does not allow.
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+    /// The transfer was cancelled by this side.
+    #[error("cancelled")]
+    Cancelled,
+    /// Nothing arrived within the configured time.
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
     /// The peer aborted the transfer (SPEC.md §4.6).
     #[error("aborted by peer ({code}): {message}")]
     Aborted {
@@ -52,7 +86,9 @@ impl Error {
                     | std::io::ErrorKind::UnexpectedEof
             ),
             Error::Http(e) => e.is_io() || e.is_go_away(),
-            Error::Encode(_) => false,
+            Error::Timeout(_) => true,
+            Error::Status { status, .. } => *status == 503,
+            _ => false,
         }
     }
 }
@@ -64,6 +100,8 @@ impl From<Error> for std::io::Error {
             Error::Io(e) => e,
             Error::Decode(_) => std::io::Error::new(ErrorKind::InvalidData, e),
             Error::Aborted { .. } => std::io::Error::new(ErrorKind::ConnectionAborted, e),
+            Error::NotFound { .. } => std::io::Error::new(ErrorKind::NotFound, e),
+            Error::Timeout(_) => std::io::Error::new(ErrorKind::TimedOut, e),
             other => std::io::Error::other(other),
         }
     }

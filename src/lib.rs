@@ -55,6 +55,9 @@
 mod error;
 #[cfg(any(test, fuzzing))]
 pub mod fuzz;
+pub mod recv;
+pub mod send;
+pub mod transport;
 pub mod wire;
 
 pub use error::Error;

@@ -136,7 +136,7 @@ impl FrameDecoder {
             State::Head => HEADER_LEN,
             State::Payload(h) => h.len as usize,
             State::Done if rest.is_empty() => return Ok(()),
-            State::Done => return Err(DecodeError::TrailingData(rest.len())),
+            State::Done => return Err(DecodeError::TrailingData),
         };
         Err(DecodeError::UnexpectedEof { needed: needed.saturating_sub(rest.len()) as u64 })
     }
@@ -185,7 +185,7 @@ impl FrameDecoder {
                 State::Done => {
                     // SPEC.md §7.5: nothing may follow the object end or an abort.
                     if !src.is_empty() {
-                        return Err(DecodeError::TrailingData(src.len()));
+                        return Err(DecodeError::TrailingData);
                     }
                     return Ok(None);
                 }
@@ -279,7 +279,7 @@ mod tests {
     fn rejects_trailing_bytes() {
         let mut bytes = object_bytes(&two_tensors());
         bytes.extend_from_slice(b"junk");
-        assert_eq!(decode_all(bytes, Sequencer::new(Limits::default())).1, Err(DecodeError::TrailingData(4)));
+        assert_eq!(decode_all(bytes, Sequencer::new(Limits::default())).1, Err(DecodeError::TrailingData));
     }
 
     #[test]

@@ -199,9 +199,10 @@ pub enum DecodeError {
         /// What the receiver computed.
         actual: u64,
     },
-    /// §7.5: bytes after the object end or an abort.
-    #[error("{0} bytes after the end of the object")]
-    TrailingData(usize),
+    /// §7.5: bytes after the object end or an abort. (How many is not
+    /// reported: that would depend on how the stream was split into reads.)
+    #[error("bytes after the end of the object")]
+    TrailingData,
     /// §7.5: the stream ended inside a frame.
     #[error("stream ended inside a frame: {needed} more bytes needed")]
     UnexpectedEof {

@@ -174,6 +174,21 @@ impl EncodedFrame {
     pub fn from_bytes(bytes: Bytes) -> Self {
         EncodedFrame { head: bytes, body: Bytes::new() }
     }
+
+    /// Encoded bytes in two parts: `head` first, then `body`.
+    pub fn from_parts(head: Bytes, body: Bytes) -> Self {
+        EncodedFrame { head, body }
+    }
+
+    /// Splits off the first `n` bytes (at most [`Buf::remaining`]), without
+    /// copying either part.
+    pub fn split_to(&mut self, n: usize) -> EncodedFrame {
+        let h = n.min(self.head.len());
+        let head = self.head.split_to(h);
+        let b = (n - h).min(self.body.len());
+        let body = self.body.split_to(b);
+        EncodedFrame { head, body }
+    }
 }
 
 impl Buf for EncodedFrame {

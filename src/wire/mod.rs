@@ -40,6 +40,7 @@ pub use error::DecodeError;
 pub use frame::{Abort, AbortCode, Chunk, EncodedFrame, Frame, ItemEnd, ItemHeader, ObjectEnd, ObjectHeader};
 pub use header::{FrameHeader, FrameKind};
 pub use limits::Limits;
+pub(crate) use meta::truncate as meta_truncate;
 pub use meta::{Dtype, Encoding, Mode};
 pub use sequence::{Sequencer, SequencerEvent};
 

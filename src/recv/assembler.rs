@@ -1,0 +1,317 @@
+//! [`Assembler`]: sans-IO reassembly of an object's items from chunk frames.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+
+use bytes::Bytes;
+
+use super::RangeSet;
+use crate::wire::{Abort, DecodeError, Frame, FrameKind, ItemHeader, ObjectEnd, ObjectHeader};
+
+/// What the assembler tells its sink, in order.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Event {
+    /// The object header arrived.
+    Object(ObjectHeader),
+    /// An item was announced; `position` is where its data starts in the
+    /// concatenation of all items (the output file of a file-mode object).
+    Item {
+        /// The item header.
+        header: ItemHeader,
+        /// Offset of the item's first byte in the concatenated output.
+        position: u64,
+    },
+    /// Bytes to place.
+    Data {
+        /// Item index.
+        item: u32,
+        /// Offset within the item.
+        offset: u64,
+        /// Offset within the concatenated output.
+        position: u64,
+        /// The bytes (not copied since the decoder split them off).
+        data: Bytes,
+    },
+    /// An item's end arrived; every byte of it has been placed.
+    ItemDone {
+        /// Item index.
+        item: u32,
+        /// Its length.
+        len: u64,
+        /// Its CRC-32 as the sender computed it.
+        crc: u32,
+    },
+    /// The object end arrived and every item is complete.
+    Done(ObjectEnd),
+    /// The sender aborted.
+    Aborted(Abort),
+}
+
+/// Places the chunks of an object: records, per item, which byte ranges have
+/// arrived, and turns frames into [`Event`]s for a sink.
+///
+/// Sans-IO, in quinn's style: feed frames with [`Assembler::handle_frame`],
+/// then drain [`Assembler::poll_event`] until it returns `None`. The frames
+/// normally come from a [`FrameDecoder`](crate::wire::FrameDecoder), which
+/// has checked CRCs and ordering within one stream; the assembler adds what
+/// spans streams: a chunk placed twice is harmless (placement is idempotent),
+/// an item announced again must match, and [`Assembler::missing`] says which
+/// ranges to ask for when resuming (SPEC.md §8.4).
+///
+/// ```
+/// use bytes::Bytes;
+/// use tensorwire::recv::{Assembler, Event};
+/// use tensorwire::wire::{Frame, ItemHeader, Mode, ObjectEncoder, ObjectHeader};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut enc = ObjectEncoder::new();
+/// let mut asm = Assembler::new();
+/// asm.handle_frame(enc.object_header(ObjectHeader::new("f", Mode::File))?)?;
+/// asm.handle_frame(enc.item_header(ItemHeader::bytes(0, "f", 4))?)?;
+/// asm.handle_frame(enc.chunk(Bytes::from_static(b"abcd"))?)?;
+/// let mut writes = 0;
+/// while let Some(ev) = asm.poll_event() {
+///     writes += matches!(ev, Event::Data { .. }) as usize;
+/// }
+/// assert_eq!(writes, 1);
+/// assert!(asm.missing(0).is_empty());
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Default)]
+pub struct Assembler {
+    items: Vec<Ledger>,
+    next_position: u64,
+    events: VecDeque<Event>,
+    received: u64,
+    done: bool,
+}
+
+#[derive(Debug)]
+struct Ledger {
+    header: ItemHeader,
+    position: u64,
+    have: RangeSet,
+}
+
+impl Assembler {
+    /// An empty assembler.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes one frame.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError::ChunkWithoutItem`] for a chunk of an unknown item,
+    /// [`DecodeError::ChunkOutOfBounds`] for bytes past an item's end,
+    /// [`DecodeError::InconsistentItem`] for an item announced twice with
+    /// different headers, [`DecodeError::ItemEndMismatch`] for an item end
+    /// before all of the item was placed.
+    pub fn handle_frame(&mut self, frame: Frame) -> Result<(), DecodeError> {
+        match frame {
+            Frame::ObjectHeader(h) => self.events.push_back(Event::Object(h)),
+            Frame::ItemHeader(h) => self.item_header(h)?,
+            Frame::Chunk(c) => self.chunk(c.item, c.offset, c.data)?,
+            Frame::ItemEnd(e) => {
+                let ledger = self.ledger(e.item, FrameKind::ItemEnd)?;
+                let len = ledger.header.len;
+                // SPEC.md §7.3: the item is complete only when every byte is placed.
+                if !ledger.have.contains(0..len) {
+                    let actual = ledger.have.len();
+                    return Err(DecodeError::ItemEndMismatch { item: e.item, field: "length", claimed: len, actual });
+                }
+                self.events.push_back(Event::ItemDone { item: e.item, len: e.len, crc: e.crc });
+            }
+            Frame::ObjectEnd(e) => {
+                // SPEC.md §7.4: the object is complete only when every item is.
+                if (0..self.items.len()).any(|i| !self.missing(i as u32).is_empty()) {
+                    return Err(DecodeError::UnexpectedFrame {
+                        kind: FrameKind::ObjectEnd,
+                        reason: "an item is incomplete",
+                    });
+                }
+                self.done = true;
+                self.events.push_back(Event::Done(e));
+            }
+            Frame::Abort(a) => self.events.push_back(Event::Aborted(a)),
+        }
+        Ok(())
+    }
+
+    /// The next event for the sink.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The byte ranges of `item` not yet placed (all of it if unknown).
+    pub fn missing(&self, item: u32) -> Vec<Range<u64>> {
+        match self.items.get(item as usize) {
+            Some(l) => l.have.gaps(0..l.header.len),
+            None => Vec::new(),
+        }
+    }
+
+    /// Bytes placed so far (each byte counted once).
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Whether the object end arrived with every item complete.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    fn ledger(&self, item: u32, kind: FrameKind) -> Result<&Ledger, DecodeError> {
+        self.items.get(item as usize).ok_or(DecodeError::UnexpectedFrame { kind, reason: "unknown item" })
+    }
+
+    fn item_header(&mut self, h: ItemHeader) -> Result<(), DecodeError> {
+        let index = h.item as usize;
+        if let Some(known) = self.items.get(index) {
+            // Another stream (a resume) announces the same item: it must agree.
+            if known.header != h {
+                return Err(DecodeError::InconsistentItem {
+                    item: h.item,
+                    reason: "announced again with a different header".into(),
+                });
+            }
+            return Ok(());
+        }
+        if index != self.items.len() {
+            return Err(DecodeError::UnexpectedFrame {
+                kind: FrameKind::ItemHeader,
+                reason: "item index out of order",
+            });
+        }
+        let position = self.next_position;
+        self.next_position = self.next_position.saturating_add(h.len);
+        self.events.push_back(Event::Item { header: h.clone(), position });
+        self.items.push(Ledger { header: h, position, have: RangeSet::new() });
+        Ok(())
+    }
+
+    fn chunk(&mut self, item: u32, offset: u64, data: Bytes) -> Result<(), DecodeError> {
+        let Some(ledger) = self.items.get_mut(item as usize) else {
+            return Err(DecodeError::ChunkWithoutItem { item, open: None });
+        };
+        let len = data.len() as u64;
+        let item_len = ledger.header.len;
+        let Some(end) = offset.checked_add(len).filter(|&e| e <= item_len) else {
+            return Err(DecodeError::ChunkOutOfBounds { item, offset, len, item_len });
+        };
+        let before = ledger.have.len();
+        ledger.have.insert(offset..end);
+        self.received += ledger.have.len() - before;
+        let position = ledger.position + offset;
+        self.events.push_back(Event::Data { item, offset, position, data });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::wire::{Chunk, ItemEnd, Mode, ObjectEnd};
+
+    fn frames_for(lens: &[u64]) -> Vec<Frame> {
+        let mut out = vec![Frame::ObjectHeader(ObjectHeader::new("o", Mode::File))];
+        for (i, &len) in lens.iter().enumerate() {
+            out.push(Frame::ItemHeader(ItemHeader::bytes(i as u32, format!("i{i}"), len)));
+        }
+        out
+    }
+
+    proptest! {
+        /// Chunks of several items placed in any order, with repeats, against
+        /// a naive model of one bool per byte.
+        #[test]
+        fn placement_matches_reference_model(
+            lens in prop::collection::vec(1u64..300, 1..4),
+            ops in prop::collection::vec((0usize..4, 0u64..300, 1u64..64), 0..80),
+        ) {
+            let mut asm = Assembler::new();
+            for f in frames_for(&lens) {
+                asm.handle_frame(f).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            }
+            let mut model: Vec<Vec<bool>> = lens.iter().map(|&l| vec![false; l as usize]).collect();
+            let mut output: Vec<Option<u8>> = vec![None; lens.iter().sum::<u64>() as usize];
+            for (item, offset, len) in ops {
+                let item = item % lens.len();
+                let fits = offset + len <= lens[item];
+                let data: Vec<u8> = (offset..offset + len).map(|b| (b as u8) ^ item as u8).collect();
+                let r = asm.handle_frame(Frame::Chunk(Chunk::new(item as u32, offset, data.into())));
+                prop_assert_eq!(r.is_ok(), fits);
+                if fits {
+                    model[item][offset as usize..(offset + len) as usize].iter_mut().for_each(|b| *b = true);
+                }
+                while let Some(ev) = asm.poll_event() {
+                    if let Event::Data { position, data, .. } = ev {
+                        for (i, b) in data.iter().enumerate() {
+                            output[position as usize + i] = Some(*b);
+                        }
+                    }
+                }
+            }
+            let mut position = 0;
+            for (item, bytes) in model.iter().enumerate() {
+                let gaps: Vec<Range<u64>> = bytes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| !**b)
+                    .fold(Vec::new(), |mut acc: Vec<Range<u64>>, (i, _)| {
+                        let i = i as u64;
+                        match acc.last_mut() {
+                            Some(r) if r.end == i => r.end += 1,
+                            _ => acc.push(i..i + 1),
+                        }
+                        acc
+                    });
+                prop_assert_eq!(asm.missing(item as u32), gaps);
+                for (i, have) in bytes.iter().enumerate() {
+                    let expect = have.then_some((i as u8) ^ item as u8);
+                    prop_assert_eq!(output[position + i], expect);
+                }
+                position += bytes.len();
+            }
+            let placed: usize = model.iter().map(|m| m.iter().filter(|b| **b).count()).sum();
+            prop_assert_eq!(asm.received(), placed as u64);
+        }
+    }
+
+    #[test]
+    fn item_end_before_all_bytes_is_rejected() {
+        let mut asm = Assembler::new();
+        for f in frames_for(&[10]) {
+            asm.handle_frame(f).expect("header");
+        }
+        asm.handle_frame(Frame::Chunk(Chunk::new(0, 0, Bytes::from_static(&[0; 4])))).expect("chunk");
+        let r = asm.handle_frame(Frame::ItemEnd(ItemEnd { item: 0, len: 10, crc: 0 }));
+        assert!(matches!(r, Err(DecodeError::ItemEndMismatch { item: 0, .. })));
+    }
+
+    #[test]
+    fn object_end_with_incomplete_item_is_rejected() {
+        let mut asm = Assembler::new();
+        for f in frames_for(&[10]) {
+            asm.handle_frame(f).expect("header");
+        }
+        let r = asm.handle_frame(Frame::ObjectEnd(ObjectEnd { items: 1, len: 10, crc: 0 }));
+        assert!(r.is_err());
+        assert!(!asm.is_done());
+    }
+
+    #[test]
+    fn item_announced_again_must_match() {
+        let mut asm = Assembler::new();
+        for f in frames_for(&[10]) {
+            asm.handle_frame(f).expect("header");
+        }
+        assert!(asm.handle_frame(Frame::ItemHeader(ItemHeader::bytes(0, "i0", 10))).is_ok());
+        let r = asm.handle_frame(Frame::ItemHeader(ItemHeader::bytes(0, "i0", 11)));
+        assert!(matches!(r, Err(DecodeError::InconsistentItem { .. })));
+    }
+}

@@ -1,0 +1,15 @@
+//! What consumes frames: reassembly and sinks.
+//!
+//! * [`Assembler`] — sans-IO: which byte ranges of which items have arrived,
+//!   and where each chunk goes.
+//! * [`FileSink`] — a `.part` file written at offsets, checked, synced and
+//!   renamed into place only when the object is complete.
+#![forbid(unsafe_code)]
+
+mod assembler;
+mod file;
+mod ranges;
+
+pub use assembler::{Assembler, Event};
+pub use file::{validate_safetensors, FileSink};
+pub use ranges::RangeSet;

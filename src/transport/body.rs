@@ -1,0 +1,236 @@
+//! Moving frames through h2 streams: sending against granted capacity, and
+//! receiving with capacity released only after the bytes were taken.
+
+use std::future::poll_fn;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use h2::{RecvStream, SendStream};
+
+use super::Config;
+use crate::recv::{Assembler, Event, FileSink};
+use crate::send::FORMAT_KEY;
+use crate::wire::{preamble, EncodedFrame, Frame, FrameDecoder, HEADER_LEN};
+use crate::Error;
+
+/// Frames smaller than this are staged and sent together with the next
+/// frame, so that no tiny DATA frames reach the wire (h2 counts those
+/// against a budget and may close the connection).
+const COALESCE_BYTES: usize = 64 << 10;
+
+/// Sends frames on an h2 stream, never handing h2 more than the capacity it
+/// granted (SPEC.md §8.1): memory stays at one frame plus h2's send buffer.
+#[derive(Debug)]
+pub(crate) struct FrameSender {
+    stream: SendStream<EncodedFrame>,
+    staged: BytesMut,
+    idle: Duration,
+}
+
+impl FrameSender {
+    pub(crate) fn new(stream: SendStream<EncodedFrame>, config: &Config) -> Self {
+        let mut staged = BytesMut::with_capacity(COALESCE_BYTES);
+        staged.put_slice(&preamble());
+        FrameSender { stream, staged, idle: config.idle_timeout }
+    }
+
+    pub(crate) async fn send_frame(&mut self, frame: Frame) -> Result<(), Error> {
+        match frame {
+            Frame::Chunk(c) if c.data.len() >= COALESCE_BYTES => {
+                // The chunk's 28-byte header joins the staged frames; its
+                // payload follows as its own buffer, never copied.
+                let data = c.data.clone();
+                let mut parts = Frame::Chunk(c).into_buf();
+                self.staged.put(parts.split_to(HEADER_LEN));
+                let head = std::mem::take(&mut self.staged).freeze();
+                self.send(EncodedFrame::from_parts(head, data), false).await
+            }
+            other => {
+                other.encode(&mut self.staged);
+                if self.staged.len() >= COALESCE_BYTES {
+                    let head = std::mem::take(&mut self.staged).freeze();
+                    self.send(EncodedFrame::from_bytes(head), false).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends whatever is staged and ends the stream.
+    pub(crate) async fn finish(&mut self) -> Result<(), Error> {
+        let head = std::mem::take(&mut self.staged).freeze();
+        self.send(EncodedFrame::from_bytes(head), true).await
+    }
+
+    async fn send(&mut self, mut buf: EncodedFrame, eos: bool) -> Result<(), Error> {
+        use bytes::Buf;
+        if !buf.has_remaining() {
+            if eos {
+                self.stream.send_data(buf, true)?;
+            }
+            return Ok(());
+        }
+        while buf.has_remaining() {
+            self.stream.reserve_capacity(buf.remaining());
+            let granted = tokio::time::timeout(self.idle, capacity(&mut self.stream))
+                .await
+                .map_err(|_| Error::Timeout("send capacity"))??;
+            let part = buf.split_to(granted.min(buf.remaining()));
+            self.stream.send_data(part, eos && !buf.has_remaining())?;
+        }
+        Ok(())
+    }
+
+    /// Resets the stream (the peer sees the transfer fail).
+    pub(crate) fn reset(&mut self, reason: h2::Reason) {
+        self.stream.send_reset(reason);
+    }
+}
+
+/// Waits until h2 has assigned send capacity to the stream.
+async fn capacity(stream: &mut SendStream<EncodedFrame>) -> Result<usize, Error> {
+    loop {
+        let now = stream.capacity();
+        if now > 0 {
+            return Ok(now);
+        }
+        match poll_fn(|cx| stream.poll_capacity(cx)).await {
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err(Error::Protocol("stream closed while waiting for capacity")),
+        }
+    }
+}
+
+/// Decodes the frames of an object arriving as an h2 body.
+///
+/// Flow-control capacity is released as soon as the bytes of a DATA frame
+/// have been copied into the decoder's buffer, and the next DATA frame is
+/// only read when the consumer asks for the next frame: the consumer's pace
+/// is the sender's pace, and memory stays at one frame plus the window.
+#[derive(Debug)]
+pub struct FrameReceiver {
+    body: RecvStream,
+    dec: FrameDecoder,
+    buf: BytesMut,
+    idle: Duration,
+    eof: bool,
+    received: u64,
+}
+
+impl FrameReceiver {
+    pub(crate) fn new(body: RecvStream, config: &Config) -> Self {
+        FrameReceiver {
+            body,
+            dec: FrameDecoder::with_limits(config.limits),
+            buf: BytesMut::new(),
+            idle: config.idle_timeout,
+            eof: false,
+            received: 0,
+        }
+    }
+
+    /// Body bytes received so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// The next frame, or `None` after a complete object.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Decode`] for an invalid object (the stream is then useless),
+    /// [`Error::Http`] when the stream fails, [`Error::Timeout`] when no data
+    /// arrives within the idle timeout.
+    pub async fn next_frame(&mut self) -> Result<Option<Frame>, Error> {
+        loop {
+            if let Some(f) = self.dec.decode_frame(&mut self.buf)? {
+                return Ok(Some(f));
+            }
+            if self.eof {
+                self.dec.finish(&self.buf)?;
+                return Ok(None);
+            }
+            match tokio::time::timeout(self.idle, self.body.data()).await {
+                Err(_) => return Err(Error::Timeout("data")),
+                Ok(None) => self.eof = true,
+                Ok(Some(Err(e))) => return Err(e.into()),
+                Ok(Some(Ok(data))) => {
+                    self.buf.extend_from_slice(&data);
+                    self.received += data.len() as u64;
+                    let n = data.len();
+                    drop(data);
+                    self.body.flow_control().release_capacity(n)?;
+                }
+            }
+        }
+    }
+}
+
+/// Progress of a transfer: data bytes done, out of the total when known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Item data bytes sent or received so far.
+    pub done: u64,
+    /// The object's total item data length, when known.
+    pub total: Option<u64>,
+}
+
+/// A progress callback.
+pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
+
+/// What arrived, for a completed receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Received {
+    pub(crate) len: u64,
+    pub(crate) items: u64,
+    pub(crate) crc: u32,
+}
+
+/// Receives an object from `rx` into the file `dest` (via `<dest>.part`).
+pub(crate) async fn receive_file(
+    rx: &mut FrameReceiver,
+    dest: &Path,
+    progress: Option<&ProgressFn>,
+) -> Result<Received, Error> {
+    let dest_owned = dest.to_path_buf();
+    let sink = Arc::new(tokio::task::spawn_blocking(move || FileSink::create(dest_owned)).await.map_err(join)??);
+    let mut asm = Assembler::new();
+    let mut safetensors = dest.extension().is_some_and(|e| e == "safetensors");
+    let mut total = None;
+    while let Some(frame) = rx.next_frame().await? {
+        asm.handle_frame(frame)?;
+        while let Some(event) = asm.poll_event() {
+            match event {
+                Event::Object(h) => {
+                    safetensors |= h.metadata.get(FORMAT_KEY).is_some_and(|f| f == "safetensors");
+                    total = h.total_len;
+                }
+                Event::Data { position, data, .. } => {
+                    let sink = Arc::clone(&sink);
+                    // Positioned writes block: run them off the runtime's threads.
+                    tokio::task::spawn_blocking(move || sink.write_at(position, &data)).await.map_err(join)??;
+                    if let Some(p) = progress {
+                        p(Progress { done: asm.received(), total });
+                    }
+                }
+                Event::Aborted(a) => return Err(Error::Aborted { code: a.code, message: a.message }),
+                Event::Done(end) => {
+                    let sink = Arc::try_unwrap(sink).map_err(|_| Error::Protocol("sink still in use"))?;
+                    tokio::task::spawn_blocking(move || sink.commit(end.len, safetensors)).await.map_err(join)??;
+                    return Ok(Received { len: end.len, items: end.items, crc: end.crc });
+                }
+                _ => {}
+            }
+        }
+    }
+    // The decoder only ends cleanly after an object end or an abort, both
+    // handled above.
+    Err(Error::Protocol("object ended without an object end"))
+}
+
+pub(crate) fn join(e: tokio::task::JoinError) -> Error {
+    Error::Io(std::io::Error::other(e))
+}

@@ -1,0 +1,275 @@
+//! [`Client`]: pulls and pushes objects over one HTTP/2 connection.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio_util::sync::CancellationToken;
+
+use super::body::{join, receive_file, FrameReceiver, FrameSender, Progress, ProgressFn};
+use super::server::send_all;
+use super::{object_path, Config};
+use crate::send::FileStreamer;
+use crate::wire::{EncodedFrame, Frame, CONTENT_TYPE};
+use crate::Error;
+
+/// A client connection (cleartext HTTP/2 with prior knowledge).
+///
+/// Cheap to clone: clones share the connection, and every transfer is its
+/// own stream, so many can run at once. Each transfer is cancelled by
+/// dropping its future or through [`TransferOptions::cancel`]; either way
+/// the stream is reset (`CANCEL`) and the server stops sending.
+///
+/// ```no_run
+/// use tensorwire::transport::{Client, Config};
+/// # async fn run() -> Result<(), tensorwire::Error> {
+/// let client = Client::connect("127.0.0.1:7470", Config::default()).await?;
+/// let got = client.get_file("llama.safetensors", "/tmp/llama.safetensors").await?;
+/// println!("{} bytes, crc {:#010x}", got.len, got.crc);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Client {
+    send: h2::client::SendRequest<EncodedFrame>,
+    authority: String,
+    config: Arc<Config>,
+}
+
+/// What a completed transfer moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transfer {
+    /// Item data bytes.
+    pub len: u64,
+    /// Items.
+    pub items: u64,
+    /// The object's CRC-32 (SPEC.md §4.5).
+    pub crc: u32,
+}
+
+/// Options of one transfer.
+#[derive(Clone, Default)]
+pub struct TransferOptions {
+    /// Called after each chunk with the bytes done so far.
+    pub progress: Option<ProgressFn>,
+    /// Cancels the transfer when triggered.
+    pub cancel: Option<CancellationToken>,
+    /// Asks the server for chunks of at most this size (pulls only).
+    pub chunk_size: Option<u32>,
+}
+
+impl std::fmt::Debug for TransferOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransferOptions")
+            .field("progress", &self.progress.is_some())
+            .field("cancel", &self.cancel)
+            .field("chunk_size", &self.chunk_size)
+            .finish()
+    }
+}
+
+impl Client {
+    /// Connects over TCP (with `TCP_NODELAY`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`], [`Error::Timeout`] or [`Error::Http`] when the
+    /// connection or the HTTP/2 handshake fails.
+    pub async fn connect(addr: impl ToSocketAddrs, config: Config) -> Result<Self, Error> {
+        let tcp = tokio::time::timeout(config.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| Error::Timeout("connect"))??;
+        tcp.set_nodelay(true)?;
+        let authority = tcp.peer_addr()?.to_string();
+        Self::handshake(tcp, authority, config).await
+    }
+
+    /// Runs HTTP/2 over any IO (a `tokio::io::duplex` pipe in tests). The
+    /// connection is driven by a spawned task.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Http`] when the handshake fails.
+    pub async fn handshake<IO>(io: IO, authority: impl Into<String>, config: Config) -> Result<Self, Error>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (send, conn) = h2::client::Builder::new()
+            .initial_window_size(config.stream_window)
+            .initial_connection_window_size(config.connection_window)
+            .max_frame_size(config.frame_size())
+            .max_send_buffer_size(config.max_send_buffer)
+            .handshake::<_, EncodedFrame>(io)
+            .await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Client { send, authority: authority.into(), config: Arc::new(config) })
+    }
+
+    /// Pulls object `name` into the file `dest` (SPEC.md §8.2): written to
+    /// `<dest>.part`, verified, then renamed. On any failure `dest` is left
+    /// as it was.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`], [`Error::Status`] for other error statuses,
+    /// [`Error::Decode`] for a damaged object, [`Error::Aborted`] when the
+    /// server aborts, [`Error::Cancelled`], [`Error::Io`] for the file.
+    pub async fn get_file(&self, name: &str, dest: impl AsRef<Path>) -> Result<Transfer, Error> {
+        self.get_file_with(name, dest, &TransferOptions::default()).await
+    }
+
+    /// [`Client::get_file`] with options.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::get_file`].
+    pub async fn get_file_with(
+        &self,
+        name: &str,
+        dest: impl AsRef<Path>,
+        opts: &TransferOptions,
+    ) -> Result<Transfer, Error> {
+        let dest = dest.as_ref();
+        cancellable(opts, async {
+            let mut rx = self.get(name, opts).await?;
+            let got = receive_file(&mut rx, dest, opts.progress.as_ref()).await?;
+            Ok(Transfer { len: got.len, items: got.items, crc: got.crc })
+        })
+        .await
+    }
+
+    /// Requests object `name` and returns its frames as they arrive, for
+    /// callers that consume objects themselves.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::get_file`], for the request and the response head.
+    pub async fn get(&self, name: &str, opts: &TransferOptions) -> Result<FrameReceiver, Error> {
+        let mut path = object_path(name);
+        if let Some(chunk) = opts.chunk_size {
+            path.push_str(&format!("?chunk_size={chunk}"));
+        }
+        let req = self.request(Method::GET, &path)?;
+        let mut send = self.send.clone().ready().await?;
+        let (response, _) = send.send_request(req, true)?;
+        let response = response.await?;
+        let (head, body) = response.into_parts();
+        if head.status != StatusCode::OK {
+            return Err(status_error(head.status, body, name).await);
+        }
+        let content_type = head.headers.get("content-type").and_then(|v| v.to_str().ok());
+        if content_type != Some(CONTENT_TYPE) {
+            return Err(Error::Protocol("response is not application/vnd.tensorwire"));
+        }
+        Ok(FrameReceiver::new(body, &self.config))
+    }
+
+    /// Pushes the file at `path` as object `name` (SPEC.md §8.3); returns
+    /// once the server has verified and stored it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] or [`Error::Safetensors`] for the local file,
+    /// [`Error::Status`] when the server refuses or fails the object,
+    /// [`Error::Cancelled`].
+    pub async fn put_file(&self, path: impl AsRef<Path>, name: &str) -> Result<Transfer, Error> {
+        self.put_file_with(path, name, &TransferOptions::default()).await
+    }
+
+    /// [`Client::put_file`] with options.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::put_file`].
+    pub async fn put_file_with(
+        &self,
+        path: impl AsRef<Path>,
+        name: &str,
+        opts: &TransferOptions,
+    ) -> Result<Transfer, Error> {
+        let path = path.as_ref().to_path_buf();
+        cancellable(opts, async {
+            let streamer = tokio::task::spawn_blocking(move || FileStreamer::open(path)).await.map_err(join)??;
+            let streamer = streamer.with_name(name).with_chunk_size(self.config.chunk_size as usize);
+            let total = streamer.len();
+            let mut req = self.request(Method::PUT, &object_path(name))?;
+            req.headers_mut().insert("content-type", http::HeaderValue::from_static(CONTENT_TYPE));
+            let mut send = self.send.clone().ready().await?;
+            let (response, stream) = send.send_request(req, false)?;
+            let mut tx = FrameSender::new(stream, &self.config);
+            let progress = opts.progress.clone();
+            let mut done = 0u64;
+            let frames = streamer.frames().inspect(|f| {
+                if let (Ok(Frame::Chunk(c)), Some(p)) = (f, &progress) {
+                    done += c.data.len() as u64;
+                    p(Progress { done, total: Some(total) });
+                }
+            });
+            let sent = send_all(&mut tx, frames).await;
+            // The server may answer before reading everything (a refusal).
+            let response = response.await?;
+            let (head, body) = response.into_parts();
+            if !head.status.is_success() {
+                return Err(status_error(head.status, body, name).await);
+            }
+            sent?;
+            let body = read_small(body).await?;
+            let summary: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let field = |k: &str| summary.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+            Ok(Transfer { len: field("len"), items: field("items"), crc: field("crc") as u32 })
+        })
+        .await
+    }
+
+    fn request(&self, method: Method, path: &str) -> Result<Request<()>, Error> {
+        Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.authority))
+            .header("tensorwire-version", "1")
+            .body(())
+            .map_err(|_| Error::InvalidName { name: path.to_string(), reason: "not a valid request path" })
+    }
+}
+
+/// Runs `fut` unless the options' token is cancelled first; dropping `fut`
+/// drops its streams, which resets them with `CANCEL`.
+async fn cancellable<T>(
+    opts: &TransferOptions,
+    fut: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    match &opts.cancel {
+        Some(token) => tokio::select! {
+            r = fut => r,
+            _ = token.cancelled() => Err(Error::Cancelled),
+        },
+        None => fut.await,
+    }
+}
+
+async fn status_error(status: StatusCode, body: h2::RecvStream, name: &str) -> Error {
+    if status == StatusCode::NOT_FOUND {
+        return Error::NotFound { name: name.to_string() };
+    }
+    let body = read_small(body).await.unwrap_or_default();
+    let message = String::from_utf8_lossy(&body[..body.len().min(512)]).trim().to_string();
+    Error::Status { status: status.as_u16(), message }
+}
+
+/// Reads a short response body (at most 64 KiB).
+async fn read_small(mut body: h2::RecvStream) -> Result<Bytes, Error> {
+    let mut out = Vec::new();
+    while let Some(data) = body.data().await {
+        let data = data?;
+        let _ = body.flow_control().release_capacity(data.len());
+        if out.len() + data.len() > 64 << 10 {
+            return Err(Error::Protocol("response body too long"));
+        }
+        out.extend_from_slice(&data);
+    }
+    Ok(out.into())
+}

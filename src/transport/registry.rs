@@ -1,0 +1,207 @@
+//! [`Registry`]: which files a server may serve, and where pushes go.
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+
+use crate::Error;
+
+/// The objects a [`Server`](super::Server) may serve: files registered by
+/// name, and/or every regular file under one root directory. Nothing else:
+/// a name with `..` or empty segments, an absolute path, a backslash, a NUL,
+/// an encoded separator (`%2F`, `%5C`), or a path that resolves — through
+/// symbolic links too — outside the root is refused before anything is
+/// opened (SPEC.md §8.5).
+///
+/// ```
+/// use tensorwire::transport::Registry;
+/// let registry = Registry::new().with_file("model", "/srv/models/llama.safetensors");
+/// assert!(registry.decode_name("/objects/..%2Fetc%2Fpasswd").is_err());
+/// assert_eq!(registry.decode_name("/objects/model").ok().as_deref(), Some("model"));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    root: Option<PathBuf>,
+    files: HashMap<String, PathBuf>,
+    accept_pushes: bool,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Serves every regular file under `dir` and accepts pushes into it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when `dir` does not exist or is not a directory.
+    pub fn root(dir: impl AsRef<Path>) -> Result<Self, Error> {
+        let root = dir.as_ref().canonicalize()?;
+        if !root.is_dir() {
+            return Err(std::io::Error::new(std::io::ErrorKind::NotADirectory, "root is not a directory").into());
+        }
+        Ok(Registry { root: Some(root), files: HashMap::new(), accept_pushes: true })
+    }
+
+    /// Registers one file under `name`.
+    pub fn with_file(mut self, name: impl Into<String>, path: impl Into<PathBuf>) -> Self {
+        self.files.insert(name.into(), path.into());
+        self
+    }
+
+    /// Whether pushes are accepted (only with a root).
+    pub fn accept_pushes(mut self, yes: bool) -> Self {
+        self.accept_pushes = yes;
+        self
+    }
+
+    /// Takes an object name out of a request path (`/objects/{name}`,
+    /// without the query), percent-decoded and checked.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`] for anything that is not a plain relative name.
+    pub fn decode_name(&self, path: &str) -> Result<String, Error> {
+        let bad = |reason| Err(Error::InvalidName { name: crate::wire::meta_truncate(path), reason });
+        let Some(raw) = path.strip_prefix(super::OBJECTS_PATH) else {
+            return bad("not under /objects/");
+        };
+        let lower = raw.to_ascii_lowercase();
+        if lower.contains("%2f") || lower.contains("%5c") || lower.contains("%00") {
+            return bad("encoded separator or NUL");
+        }
+        let Ok(name) = percent_encoding::percent_decode_str(raw).decode_utf8() else {
+            return bad("not UTF-8");
+        };
+        if name.is_empty() || name.starts_with('/') || name.contains('\\') || name.contains('\0') {
+            return bad("empty, absolute, or with a backslash");
+        }
+        if name.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+            return bad("empty, '.' or '..' segment");
+        }
+        Ok(name.into_owned())
+    }
+
+    /// The file to serve for `name`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] when it is not registered, does not exist, is not
+    /// a regular file, or resolves outside the root.
+    pub fn resolve(&self, name: &str) -> Result<PathBuf, Error> {
+        let not_found = || Error::NotFound { name: name.to_string() };
+        if let Some(path) = self.files.get(name) {
+            return Ok(path.clone());
+        }
+        let root = self.root.as_ref().ok_or_else(not_found)?;
+        let path = checked_join(root, name).ok_or_else(not_found)?;
+        // Resolves symbolic links; the result must still be under the root.
+        let real = path.canonicalize().map_err(|_| not_found())?;
+        if !real.starts_with(root) || !real.is_file() {
+            return Err(not_found());
+        }
+        Ok(real)
+    }
+
+    /// Where a push of `name` is written.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`] when pushes are not accepted or the target
+    /// would lie outside the root or is a symbolic link; [`Error::NotFound`]
+    /// when its directory does not exist.
+    pub fn resolve_for_write(&self, name: &str) -> Result<PathBuf, Error> {
+        let refuse = |reason| Error::InvalidName { name: name.to_string(), reason };
+        let root =
+            self.root.as_ref().filter(|_| self.accept_pushes).ok_or_else(|| refuse("pushes are not accepted"))?;
+        let path = checked_join(root, name).ok_or_else(|| refuse("not a plain relative name"))?;
+        let parent = path.parent().ok_or_else(|| refuse("no parent directory"))?;
+        let real_parent = parent.canonicalize().map_err(|_| Error::NotFound { name: name.to_string() })?;
+        if !real_parent.starts_with(root) {
+            return Err(refuse("outside the root"));
+        }
+        let file_name = path.file_name().ok_or_else(|| refuse("no file name"))?;
+        let target = real_parent.join(file_name);
+        if target.symlink_metadata().map(|m| m.file_type().is_symlink() || m.is_dir()).unwrap_or(false) {
+            return Err(refuse("target is a symbolic link or a directory"));
+        }
+        Ok(target)
+    }
+}
+
+/// `root/name` when every component of `name` is a normal one.
+fn checked_join(root: &Path, name: &str) -> Option<PathBuf> {
+    let rel = Path::new(name);
+    rel.components().all(|c| matches!(c, Component::Normal(_))).then(|| root.join(rel))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> (PathBuf, Registry) {
+        let dir = std::env::temp_dir().join(format!("tw-registry-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).expect("dir");
+        std::fs::write(dir.join("sub/a.bin"), b"a").expect("file");
+        let outside = std::env::temp_dir().join(format!("tw-registry-outside-{}", std::process::id()));
+        std::fs::write(&outside, b"secret").expect("file");
+        let _ = std::os::unix::fs::symlink(&outside, dir.join("escape"));
+        let _ = std::os::unix::fs::symlink("/", dir.join("rootlink"));
+        (dir.clone(), Registry::root(&dir).expect("root"))
+    }
+
+    #[test]
+    fn serves_files_under_root() {
+        let (_, r) = root();
+        let name = r.decode_name("/objects/sub/a.bin").expect("name");
+        assert!(r.resolve(&name).expect("resolve").ends_with("sub/a.bin"));
+    }
+
+    #[test]
+    fn refuses_traversal_and_encoded_separators() {
+        let (_, r) = root();
+        for path in [
+            "/objects/../etc/passwd",
+            "/objects/sub/../../x",
+            "/objects/%2E%2E/etc/passwd",
+            "/objects/..%2Fetc",
+            "/objects/sub%2fa.bin",
+            "/objects/sub%5Ca.bin",
+            "/objects//etc/passwd",
+            "/objects/%2Fetc%2Fpasswd",
+            "/objects/a\\b",
+            "/objects/a%00b",
+            "/objects/",
+            "/objects/./a",
+            "/other/a",
+        ] {
+            assert!(matches!(r.decode_name(path), Err(Error::InvalidName { .. })), "{path} was accepted");
+        }
+    }
+
+    #[test]
+    fn refuses_symlinks_out_of_root() {
+        let (_, r) = root();
+        assert!(matches!(r.resolve("escape"), Err(Error::NotFound { .. })));
+        assert!(matches!(r.resolve("rootlink/etc/passwd"), Err(Error::NotFound { .. })));
+        assert!(r.resolve_for_write("rootlink/tmp/x").is_err());
+        assert!(r.resolve_for_write("escape").is_err());
+    }
+
+    #[test]
+    fn refuses_directories_and_missing_files() {
+        let (_, r) = root();
+        assert!(matches!(r.resolve("sub"), Err(Error::NotFound { .. })));
+        assert!(matches!(r.resolve("nope"), Err(Error::NotFound { .. })));
+    }
+
+    #[test]
+    fn pushes_go_under_root_only_when_accepted() {
+        let (dir, r) = root();
+        let target = r.resolve_for_write("sub/new.bin").expect("writable");
+        assert!(target.starts_with(dir.canonicalize().expect("canon")));
+        assert!(r.clone().accept_pushes(false).resolve_for_write("sub/new.bin").is_err());
+        assert!(Registry::new().resolve_for_write("x").is_err());
+    }
+}

@@ -1,0 +1,321 @@
+//! [`Server`]: serves a [`Registry`] over HTTP/2 (SPEC.md §8).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::RecvStream;
+use http::{Method, Request, Response, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, ToSocketAddrs};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::body::{join, receive_file, FrameReceiver, FrameSender};
+use super::{Config, Registry};
+use crate::send::FileStreamer;
+use crate::wire::{Abort, AbortCode, EncodedFrame, Frame, CONTENT_TYPE};
+use crate::Error;
+
+/// An HTTP/2 server (cleartext, prior knowledge) for the objects of a
+/// [`Registry`]: `GET /objects/{name}` streams a file, `PUT /objects/{name}`
+/// receives one (SPEC.md §8.2, §8.3).
+///
+/// Every transfer is its own HTTP/2 stream; many share a connection. A
+/// sender sends only against the capacity the client grants, so a slow
+/// client slows its own transfers and nothing is buffered on its behalf.
+///
+/// ```no_run
+/// use tensorwire::transport::{Config, Registry, Server};
+/// # async fn run() -> Result<(), tensorwire::Error> {
+/// let server = Server::bind("127.0.0.1:7470", Registry::root("/srv/models")?, Config::default()).await?;
+/// let handle = server.handle();
+/// tokio::spawn(async move { tokio::signal::ctrl_c().await.ok(); handle.shutdown() });
+/// server.run().await?; // returns once shut down and every transfer has ended
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    registry: Registry,
+    config: Config,
+    active: Arc<AtomicUsize>,
+}
+
+/// Stops a running [`Server`] gracefully, and reports on it.
+#[derive(Debug, Clone)]
+pub struct ServerHandle {
+    stop: watch::Sender<bool>,
+    active: Arc<AtomicUsize>,
+}
+
+impl ServerHandle {
+    /// Stops accepting connections and asks every connection to close once
+    /// its transfers are done (HTTP/2 GOAWAY).
+    pub fn shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Requests being handled right now (a cancelled transfer stops counting
+    /// as soon as the server has noticed the reset).
+    pub fn active_requests(&self) -> usize {
+        self.active.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts a request as active for as long as it lives.
+struct ActiveGuard(Arc<AtomicUsize>);
+
+impl ActiveGuard {
+    fn new(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        ActiveGuard(Arc::clone(counter))
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Server {
+    /// Binds a listener.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the address cannot be bound.
+    pub async fn bind(addr: impl ToSocketAddrs, registry: Registry, config: Config) -> Result<Self, Error> {
+        let listener = TcpListener::bind(addr).await?;
+        let (shutdown, _) = watch::channel(false);
+        let shared = Arc::new(Shared { registry, config, active: Arc::default() });
+        Ok(Server { listener, shared, shutdown })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Result<SocketAddr, Error> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// A handle that shuts the server down.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle { stop: self.shutdown.clone(), active: Arc::clone(&self.shared.active) }
+    }
+
+    /// Accepts connections until shut down, then waits for every connection
+    /// to finish its transfers.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when accepting fails.
+    pub async fn run(self) -> Result<(), Error> {
+        let mut stop = self.shutdown.subscribe();
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => {
+                    let (tcp, _) = accepted?;
+                    let _ = tcp.set_nodelay(true);
+                    let shared = Arc::clone(&self.shared);
+                    let stop = self.shutdown.subscribe();
+                    connections.spawn(async move { serve(tcp, shared, stop).await });
+                }
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+        while connections.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    /// Serves one connection over any IO (a `tokio::io::duplex` pipe in
+    /// tests), until the client closes it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Http`] when the HTTP/2 handshake or connection fails.
+    pub async fn serve_connection<IO>(io: IO, registry: Registry, config: Config) -> Result<(), Error>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (_never, stop) = watch::channel(false);
+        serve(io, Arc::new(Shared { registry, config, active: Arc::default() }), stop).await
+    }
+}
+
+async fn serve<IO>(io: IO, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Result<(), Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let c = &shared.config;
+    let mut conn = h2::server::Builder::new()
+        .initial_window_size(c.stream_window)
+        .initial_connection_window_size(c.connection_window)
+        .max_frame_size(c.frame_size())
+        .max_send_buffer_size(c.max_send_buffer)
+        .max_concurrent_streams(c.max_concurrent_streams)
+        .handshake::<_, EncodedFrame>(io)
+        .await?;
+    let mut requests = JoinSet::new();
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            next = conn.accept() => match next {
+                Some(Ok((req, respond))) => {
+                    let shared = Arc::clone(&shared);
+                    requests.spawn(async move { handle(req, respond, &shared).await });
+                }
+                Some(Err(e)) => {
+                    if e.is_io() || e.is_go_away() { break } else { return Err(e.into()) }
+                }
+                None => break,
+            },
+            _ = stop.wait_for(|s| *s), if !stopping => {
+                stopping = true;
+                conn.graceful_shutdown();
+            }
+        }
+    }
+    while requests.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn handle(req: Request<RecvStream>, mut respond: SendResponse<EncodedFrame>, shared: &Shared) {
+    let _active = ActiveGuard::new(&shared.active);
+    let result = match *req.method() {
+        Method::GET => get(&req, &mut respond, shared).await,
+        Method::PUT => put(req, &mut respond, shared).await,
+        _ => Err(Reply::status(StatusCode::METHOD_NOT_ALLOWED, "only GET and PUT")),
+    };
+    if let Err(reply) = result {
+        let resp = Response::builder()
+            .status(reply.status)
+            .header("content-type", "text/plain; charset=utf-8")
+            .body(())
+            .unwrap_or_default();
+        if let Ok(mut stream) = respond.send_response(resp, false) {
+            let _ = stream.send_data(EncodedFrame::from_bytes(Bytes::from(reply.message + "\n")), true);
+        }
+    }
+}
+
+/// An error status with a message, for failures before the body starts.
+struct Reply {
+    status: StatusCode,
+    message: String,
+}
+
+impl Reply {
+    fn status(status: StatusCode, message: impl Into<String>) -> Self {
+        Reply { status, message: message.into() }
+    }
+}
+
+impl From<Error> for Reply {
+    fn from(e: Error) -> Self {
+        let status = match &e {
+            Error::InvalidName { .. } => StatusCode::BAD_REQUEST,
+            Error::NotFound { .. } => StatusCode::NOT_FOUND,
+            Error::Safetensors(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Decode(_) | Error::Aborted { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Reply::status(status, e.to_string())
+    }
+}
+
+fn query<'a>(req: &'a Request<RecvStream>, key: &str) -> Option<&'a str> {
+    req.uri().query()?.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
+async fn get(
+    req: &Request<RecvStream>,
+    respond: &mut SendResponse<EncodedFrame>,
+    shared: &Shared,
+) -> Result<(), Reply> {
+    let name = shared.registry.decode_name(req.uri().path())?;
+    if let Some(mode) = query(req, "mode").filter(|m| *m != "file") {
+        return Err(Reply::status(StatusCode::BAD_REQUEST, format!("mode {mode:?} is not served here")));
+    }
+    let chunk = match query(req, "chunk_size") {
+        Some(v) => v.parse::<u32>().map_err(|_| Reply::status(StatusCode::BAD_REQUEST, "bad chunk_size"))?,
+        None => shared.config.chunk_size,
+    };
+    let chunk = chunk.clamp(1, shared.config.limits.max_payload.min(crate::wire::Limits::DEFAULT_MAX_PAYLOAD));
+    let path = shared.registry.resolve(&name)?;
+    let streamer = tokio::task::spawn_blocking(move || FileStreamer::open(path)).await.map_err(join)??;
+    let streamer = streamer.with_name(name).with_chunk_size(chunk as usize);
+    let resp = Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", CONTENT_TYPE)
+        .header("tensorwire-version", "1")
+        .header("tensorwire-items", "1")
+        .header("tensorwire-length", streamer.len())
+        .body(())
+        .map_err(|e| Reply::status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let stream = respond.send_response(resp, false).map_err(Error::from)?;
+    let mut tx = FrameSender::new(stream, &shared.config);
+    // From here on failures reach the client as an abort frame or a reset.
+    let _ = send_all(&mut tx, streamer.frames()).await;
+    Ok(())
+}
+
+/// Sends every frame and ends the stream; a local failure becomes an abort
+/// frame (or a reset, if even that cannot be sent).
+pub(crate) async fn send_all(
+    tx: &mut FrameSender,
+    frames: impl Iterator<Item = Result<Frame, Error>>,
+) -> Result<(), Error> {
+    let mut result = Ok(());
+    for frame in frames {
+        let sent = match frame {
+            Ok(f) => tx.send_frame(f).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
+            result = Err(e);
+            break;
+        }
+    }
+    match result {
+        Ok(()) => tx.finish().await,
+        // The stream itself failed (a reset by the peer): nothing to tell it.
+        Err(Error::Http(e)) => Err(Error::Http(e)),
+        Err(e) => {
+            let abort = Frame::Abort(Abort::new(AbortCode::INTERNAL, e.to_string()));
+            if tx.send_frame(abort).await.is_err() || tx.finish().await.is_err() {
+                tx.reset(h2::Reason::INTERNAL_ERROR);
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn put(req: Request<RecvStream>, respond: &mut SendResponse<EncodedFrame>, shared: &Shared) -> Result<(), Reply> {
+    let name = shared.registry.decode_name(req.uri().path())?;
+    // SPEC.md §8.1: a pushed body must say what it is.
+    let content_type = req.headers().get("content-type").and_then(|v| v.to_str().ok());
+    if content_type != Some(CONTENT_TYPE) {
+        return Err(Reply::status(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("expected {CONTENT_TYPE}")));
+    }
+    let dest = shared.registry.resolve_for_write(&name)?;
+    let mut rx = FrameReceiver::new(req.into_body(), &shared.config);
+    let got = receive_file(&mut rx, &dest, None).await?;
+    let body = format!(r#"{{"items":{},"len":{},"crc":{}}}"#, got.items, got.len, got.crc);
+    let resp = Response::builder()
+        .status(StatusCode::CREATED)
+        .header("content-type", "application/json")
+        .body(())
+        .map_err(|e| Reply::status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let mut stream = respond.send_response(resp, false).map_err(Error::from)?;
+    stream.send_data(EncodedFrame::from_bytes(Bytes::from(body)), true).map_err(Error::from)?;
+    Ok(())
+}
