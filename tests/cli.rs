@@ -52,3 +52,52 @@ fn frames_rejects_a_damaged_object() {
     assert!(stderr.starts_with("tensorwire: payload checksum mismatch in item 0 at offset 1048576"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1);
 }
+
+/// `serve`, `get`, `put` and `inspect` as a user runs them.
+#[test]
+fn serve_get_put_inspect() {
+    use std::io::{BufRead, BufReader};
+    let dir = std::env::temp_dir().join(format!("tensorwire-cli-net-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("srv")).expect("mkdir");
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, vec![3, 4], &[1u8; 24]).expect("view");
+    let model = safetensors::serialize([("layer.weight", view)], None).expect("serialize");
+    std::fs::write(dir.join("srv/model.safetensors"), &model).expect("write");
+
+    let bin = env!("CARGO_BIN_EXE_tensorwire");
+    let mut server = Command::new(bin)
+        .args(["serve", "--addr", "127.0.0.1:0", "--root"])
+        .arg(dir.join("srv"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let mut line = String::new();
+    BufReader::new(server.stderr.take().expect("stderr")).read_line(&mut line).expect("serve banner");
+    let url_base = line.split("on ").nth(1).expect("banner names the URL").trim().to_string();
+
+    let out = dir.join("got.safetensors");
+    let get = Command::new(bin).arg("get").arg(format!("{url_base}model.safetensors")).arg("-o").arg(&out).output();
+    let get = get.expect("run get");
+    assert!(get.status.success(), "{}", String::from_utf8_lossy(&get.stderr));
+    assert_eq!(std::fs::read(&out).expect("read"), model);
+
+    let put = Command::new(bin).arg("put").arg(&out).arg(format!("{url_base}copy.safetensors")).output();
+    let put = put.expect("run put");
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    assert_eq!(std::fs::read(dir.join("srv/copy.safetensors")).expect("read"), model);
+
+    let missing = Command::new(bin).arg("get").arg(format!("{url_base}nope")).arg("-o").arg(dir.join("x")).output();
+    let missing = missing.expect("run get");
+    assert!(!missing.status.success());
+    assert_eq!(String::from_utf8_lossy(&missing.stderr).lines().count(), 1);
+
+    let inspect = Command::new(bin).arg("inspect").arg(&out).output().expect("run inspect");
+    let text = String::from_utf8_lossy(&inspect.stdout);
+    assert!(inspect.status.success());
+    assert!(text.contains("layer.weight") && text.contains("BF16") && text.contains("[3, 4]"), "{text}");
+    assert!(text.contains("1 tensors, 12 parameters, 24 bytes"), "{text}");
+
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,16 +1,27 @@
 //! The `tensorwire` command-line tool.
 //!
 //! ```text
-//! tensorwire frames OBJECT     decode a framed object (a file, or - for stdin),
-//!                              check every CRC and ordering rule, list its frames
+//! tensorwire serve --root DIR [--addr 127.0.0.1:7470]   serve files under DIR (and accept pushes)
+//! tensorwire get URL -o FILE                            pull an object into FILE
+//! tensorwire put FILE URL                               push FILE as an object
+//! tensorwire inspect FILE                               summarize a safetensors file
+//! tensorwire frames OBJECT                              decode and verify a framed object body
 //! ```
+//!
+//! Errors print one line to stderr and exit non-zero. With
+//! `TENSORWIRE_REPORT_PEAK=1` the process prints its peak resident memory to
+//! stderr at exit (used by the benchmark harness).
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use clap::{Parser, Subcommand};
+use tensorwire::transport::{Client, Config, Progress, Registry, Server, TransferOptions};
 use tensorwire::wire::{Frame, FrameDecoder};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(name = "tensorwire", version, about = "Stream models and tensors over HTTP/2")]
@@ -21,7 +32,45 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Decode a framed object (SPEC.md), verify it, and list its frames.
+    /// Serve the files under a directory: GET and PUT /objects/{name}.
+    Serve {
+        /// The directory to serve; nothing outside it is ever read or written.
+        #[arg(long)]
+        root: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7470")]
+        addr: String,
+        /// Refuse pushes.
+        #[arg(long)]
+        read_only: bool,
+        #[command(flatten)]
+        tuning: Tuning,
+    },
+    /// Pull an object into a file (written as FILE.part, renamed when verified).
+    Get {
+        /// http://HOST:PORT/objects/NAME
+        url: String,
+        /// The file to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        tuning: Tuning,
+    },
+    /// Push a file as an object.
+    Put {
+        /// The file to send.
+        file: PathBuf,
+        /// http://HOST:PORT/objects/NAME
+        url: String,
+        #[command(flatten)]
+        tuning: Tuning,
+    },
+    /// Summarize a safetensors file: tensors, dtypes, shapes, bytes.
+    Inspect {
+        /// The safetensors file.
+        file: PathBuf,
+    },
+    /// Decode a framed object body (SPEC.md), verify it, and list its frames.
     Frames {
         /// A file holding the object body, or `-` for standard input.
         object: String,
@@ -31,11 +80,51 @@ enum Command {
     },
 }
 
+/// Transfer tuning shared by the network commands.
+#[derive(clap::Args)]
+struct Tuning {
+    /// Chunk size in bytes for what this side sends (or asks for).
+    #[arg(long)]
+    chunk_size: Option<u32>,
+    /// HTTP/2 receive window per stream, bytes.
+    #[arg(long)]
+    window: Option<u32>,
+    /// Largest HTTP/2 DATA frame to accept, bytes.
+    #[arg(long)]
+    frame_size: Option<u32>,
+}
+
+impl Tuning {
+    fn config(&self) -> Config {
+        let mut c = Config::default();
+        if let Some(n) = self.chunk_size {
+            c.chunk_size = n;
+        }
+        if let Some(w) = self.window {
+            c.stream_window = w;
+            c.connection_window = w.saturating_mul(2);
+            c.max_send_buffer = w as usize;
+        }
+        if let Some(f) = self.frame_size {
+            c.max_frame_size = f;
+        }
+        c
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Frames { object, chunks } => frames(&object, chunks),
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tensorwire: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
     };
+    let result = runtime.block_on(run(cli.command));
+    report_peak();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -45,8 +134,138 @@ fn main() -> ExitCode {
     }
 }
 
+async fn run(command: Command) -> Result<(), BoxError> {
+    match command {
+        Command::Serve { root, addr, read_only, tuning } => serve(root, addr, read_only, tuning.config()).await,
+        Command::Get { url, output, tuning } => get(&url, output, tuning).await,
+        Command::Put { file, url, tuning } => put(file, &url, tuning).await,
+        Command::Inspect { file } => inspect(file),
+        Command::Frames { object, chunks } => frames(&object, chunks),
+    }
+}
+
+async fn serve(root: PathBuf, addr: String, read_only: bool, config: Config) -> Result<(), BoxError> {
+    let registry = Registry::root(&root).map_err(|e| format!("{}: {e}", root.display()))?.accept_pushes(!read_only);
+    let server = Server::bind(&addr, registry, config).await.map_err(|e| format!("{addr}: {e}"))?;
+    eprintln!("tensorwire: serving {} on http://{}/objects/", root.display(), server.local_addr()?);
+    let handle = server.handle();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("tensorwire: shutting down after the transfers in flight");
+        handle.shutdown();
+    });
+    server.run().await?;
+    Ok(())
+}
+
+/// Splits `http://host:port/objects/name` into an address and a name.
+fn parse_url(url: &str) -> Result<(String, String), BoxError> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!("{url}: only http:// URLs are supported (cleartext HTTP/2)").into());
+    }
+    let authority = uri.authority().ok_or_else(|| format!("{url}: no host"))?;
+    let addr = format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(7470));
+    let name = Registry::new().decode_name(uri.path())?;
+    Ok((addr, name))
+}
+
+/// Options with a progress bar (when stderr is a terminal) and Ctrl-C.
+fn options(what: &str) -> (TransferOptions, Option<indicatif::ProgressBar>) {
+    let cancel = CancellationToken::new();
+    let trigger = cancel.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        trigger.cancel();
+    });
+    let mut opts = TransferOptions { cancel: Some(cancel), ..TransferOptions::default() };
+    if !std::io::stderr().is_terminal() {
+        return (opts, None);
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(what.to_string());
+    let b = bar.clone();
+    opts.progress = Some(Arc::new(move |p: Progress| {
+        if let Some(total) = p.total {
+            b.set_length(total);
+        }
+        b.set_position(p.done);
+    }));
+    (opts, Some(bar))
+}
+
+async fn get(url: &str, output: PathBuf, tuning: Tuning) -> Result<(), BoxError> {
+    let (addr, name) = parse_url(url)?;
+    let client = Client::connect(&addr, tuning.config()).await.map_err(|e| format!("{addr}: {e}"))?;
+    let (mut opts, bar) = options(&name);
+    opts.chunk_size = tuning.chunk_size;
+    let started = std::time::Instant::now();
+    let result = client.get_file_with(&name, &output, &opts).await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let got = result?;
+    summary("received", got.len, started, &output.display().to_string());
+    Ok(())
+}
+
+async fn put(file: PathBuf, url: &str, tuning: Tuning) -> Result<(), BoxError> {
+    let (addr, name) = parse_url(url)?;
+    let client = Client::connect(&addr, tuning.config()).await.map_err(|e| format!("{addr}: {e}"))?;
+    let (opts, bar) = options(&name);
+    let started = std::time::Instant::now();
+    let result = client.put_file_with(&file, &name, &opts).await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let got = result.map_err(|e| format!("{}: {e}", file.display()))?;
+    summary("sent", got.len, started, url);
+    Ok(())
+}
+
+fn summary(what: &str, len: u64, started: std::time::Instant, target: &str) {
+    let secs = started.elapsed().as_secs_f64();
+    let rate = if secs > 0.0 { len as f64 / secs / 1e9 } else { 0.0 };
+    eprintln!("tensorwire: {what} {len} bytes in {secs:.2} s ({rate:.2} GB/s), verified: {target}");
+}
+
+fn inspect(file: PathBuf) -> Result<(), BoxError> {
+    let f = std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let meta = tensorwire::recv::validate_safetensors(&f).map_err(|e| format!("{}: {e}", file.display()))?;
+    let tensors = meta.tensors();
+    let mut total = 0u64;
+    let mut params = 0u64;
+    println!("{:<60} {:>8} {:>20} {:>14}", "tensor", "dtype", "shape", "bytes");
+    for name in meta.offset_keys() {
+        let Some(info) = tensors.get(&name) else { continue };
+        let bytes = (info.data_offsets.1 - info.data_offsets.0) as u64;
+        total += bytes;
+        params += info.shape.iter().product::<usize>() as u64;
+        println!("{:<60} {:>8} {:>20} {:>14}", name, info.dtype.to_string(), format!("{:?}", info.shape), bytes);
+    }
+    if let Some(m) = meta.metadata() {
+        let mut keys: Vec<_> = m.iter().collect();
+        keys.sort();
+        for (k, v) in keys {
+            println!("metadata {k} = {v}");
+        }
+    }
+    println!(
+        "{} tensors, {params} parameters, {total} bytes of data ({:.2} MiB)",
+        tensors.len(),
+        total as f64 / 1048576.0
+    );
+    Ok(())
+}
+
 /// Reads the object in 1 MiB pieces, so memory stays at about one frame.
-fn frames(path: &str, list_chunks: bool) -> Result<(), Box<dyn std::error::Error>> {
+fn frames(path: &str, list_chunks: bool) -> Result<(), BoxError> {
     let mut input: Box<dyn Read> = if path == "-" {
         Box::new(std::io::stdin().lock())
     } else {
@@ -59,9 +278,9 @@ fn frames(path: &str, list_chunks: bool) -> Result<(), Box<dyn std::error::Error
     loop {
         let n = input.read(&mut piece)?;
         buf.extend_from_slice(&piece[..n]);
-        let frame = if n == 0 { dec.decode_frame_eof(&mut buf)? } else { dec.decode_frame(&mut buf)? };
-        let mut next = frame;
-        while let Some(f) = next {
+        loop {
+            let next = if n == 0 { dec.decode_frame_eof(&mut buf)? } else { dec.decode_frame(&mut buf)? };
+            let Some(f) = next else { break };
             match &f {
                 Frame::Chunk(c) => {
                     chunks += 1;
@@ -93,12 +312,9 @@ fn frames(path: &str, list_chunks: bool) -> Result<(), Box<dyn std::error::Error
                     h.encoding.scheme()
                 ),
                 Frame::ItemEnd(e) => println!("  end      item {} len {} crc {:#010x}", e.item, e.len, e.crc),
-                Frame::ObjectEnd(e) => {
-                    println!("end       items {} len {} crc {:#010x}", e.items, e.len, e.crc)
-                }
+                Frame::ObjectEnd(e) => println!("end       items {} len {} crc {:#010x}", e.items, e.len, e.crc),
                 Frame::Abort(a) => println!("abort     {} {:?}", a.code, a.message),
             }
-            next = if n == 0 { dec.decode_frame_eof(&mut buf)? } else { dec.decode_frame(&mut buf)? };
         }
         if n == 0 {
             break;
@@ -106,4 +322,22 @@ fn frames(path: &str, list_chunks: bool) -> Result<(), Box<dyn std::error::Error
     }
     println!("verified: {chunks} chunks, {bytes} data bytes; every CRC and ordering rule checked");
     Ok(())
+}
+
+/// Prints VmHWM (peak resident set) and its file/anon split when asked to.
+fn report_peak() {
+    if std::env::var_os("TENSORWIRE_REPORT_PEAK").is_none() {
+        return;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |k: &str| {
+        status.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)).unwrap_or("?").to_string()
+    };
+    eprintln!(
+        "tensorwire-peak: VmHWM_kB={} VmRSS_kB={} RssAnon_kB={} RssFile_kB={}",
+        field("VmHWM:"),
+        field("VmRSS:"),
+        field("RssAnon:"),
+        field("RssFile:")
+    );
 }

@@ -113,12 +113,13 @@ impl Drop for FileSink {
 
 /// Checks that `file` holds a valid safetensors file: its header parses, its
 /// tensors' offsets are contiguous and match their dtypes and shapes, and the
-/// data ends exactly at the end of the file. Only the header is read.
+/// data ends exactly at the end of the file. Only the header is read; it is
+/// returned.
 ///
 /// # Errors
 ///
 /// [`Error::Safetensors`] for an invalid file, [`Error::Io`] for a read error.
-pub fn validate_safetensors(file: &File) -> Result<(), Error> {
+pub fn validate_safetensors(file: &File) -> Result<safetensors::tensor::Metadata, Error> {
     use safetensors::SafeTensorError;
     const MAX_HEADER: u64 = 100_000_000; // the safetensors crate's limit
     let len = file.metadata()?.len();
@@ -141,7 +142,7 @@ pub fn validate_safetensors(file: &File) -> Result<(), Error> {
     if 8 + n + meta.data_len() as u64 != len {
         return Err(SafeTensorError::MetadataIncompleteBuffer.into());
     }
-    Ok(())
+    Ok(meta)
 }
 
 #[cfg(test)]
