@@ -4,17 +4,31 @@
 //! federated-learning system over HTTP/2: framed, checksummed, chunk by
 //! chunk, with memory that does not grow with the model.
 //!
-//! This release holds the foundation: the wire format of `SPEC.md` (version
-//! 1) as a sans-IO codec in [`wire`].
-//!
 //! ## Layout
 //!
-//! * [`wire`] — the frame format: preamble, fixed header, one struct per frame
-//!   kind, JSON metadata, [`wire::FrameDecoder`] / [`wire::FrameEncoder`]
-//!   (`tokio_util::codec`), the ordering rules ([`wire::Sequencer`]) and
-//!   [`wire::ObjectEncoder`] for senders. No IO, no runtime.
+//! * [`wire`] — the frame format of `SPEC.md` (version 1): preamble, fixed
+//!   header, one struct per frame kind, JSON metadata,
+//!   [`wire::FrameDecoder`] / [`wire::FrameEncoder`] (`tokio_util::codec`),
+//!   the ordering rules ([`wire::Sequencer`]) and [`wire::ObjectEncoder`] for
+//!   senders. No IO, no runtime.
+//! * [`send`] — [`send::FileStreamer`]: a memory-mapped file as chunk frames
+//!   that are slices of the mapping (the crate's only `unsafe`).
+//! * [`recv`] — [`recv::Assembler`] (sans-IO placement of chunks, with a
+//!   [`recv::RangeSet`] ledger) and [`recv::FileSink`] (`.part` file, checks,
+//!   fsync, atomic rename).
+//! * [`transport`] — HTTP/2 ([`transport::Server`], [`transport::Client`]):
+//!   the only module that touches sockets.
 //! * [`Error`] — the public error, grouped by origin, with
 //!   [`Error::is_retryable`].
+//!
+//! ## Memory, by mode
+//!
+//! | mode | sender holds | receiver holds |
+//! |---|---|---|
+//! | file streaming | the chunks in flight (mapped file pages are released once sent) | one frame plus the HTTP/2 window; data goes to disk at its offset |
+//!
+//! Measured on a 2-core VM over loopback, 4 GiB file: about 18 MiB peak RSS
+//! per side, whatever the file size (`examples/loopback_bench.rs`).
 //!
 //! ## Example: frame an object and decode it back
 //!

@@ -196,3 +196,30 @@ async fn cancellation_reaches_the_server() {
     client.get_file("small.bin", dst.join("small.bin")).await.expect("after cancel");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_lets_transfers_in_flight_finish() {
+    let src = TempDir::new("shut-src");
+    let dst = TempDir::new("shut-dst");
+    let data = bytes(24 << 20, 4);
+    src.file("big.bin", &data);
+    let server = TestServer::start(Registry::root(src.path()).expect("root"), small_config()).await;
+    let client = server.client(small_config()).await;
+    let handle = server.handle.clone();
+    let stopped = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stopped);
+    // Shut the server down as soon as the first chunk has arrived.
+    let opts = TransferOptions {
+        progress: Some(Arc::new(move |_| {
+            if !flag.swap(true, Ordering::SeqCst) {
+                handle.shutdown();
+            }
+        })),
+        ..TransferOptions::default()
+    };
+    let got = client.get_file_with("big.bin", dst.join("big.bin"), &opts).await.expect("finishes despite shutdown");
+    assert!(stopped.load(Ordering::SeqCst));
+    assert_eq!(got.len, data.len() as u64);
+    assert_eq!(std::fs::read(dst.join("big.bin")).expect("read"), data);
+    server.stop().await;
+}

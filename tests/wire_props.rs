@@ -160,7 +160,70 @@ fn decode_in_pieces(bytes: &[u8], cuts: &[usize]) -> (Vec<Frame>, Result<(), Dec
     (frames, end)
 }
 
+/// Feeds `bytes` as immutable pieces the way the HTTP/2 receiver does:
+/// frames decoded straight out of a piece when whole, the rest copied.
+fn decode_as_pieces(bytes: &[u8], cuts: &[usize]) -> (Vec<Frame>, Result<(), DecodeError>, usize) {
+    let mut dec = FrameDecoder::new();
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    let mut zero_copy = 0;
+    let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+    points.push(bytes.len());
+    points.sort_unstable();
+    let mut start = 0;
+    for end in points {
+        let mut pending = Bytes::copy_from_slice(&bytes[start..end.max(start)]);
+        start = end.max(start);
+        if !buf.is_empty() {
+            // A frame is already straddling: the piece joins it (as in FrameReceiver).
+            buf.extend_from_slice(&pending);
+            pending = Bytes::new();
+        }
+        let range = pending.as_ptr_range();
+        loop {
+            if buf.is_empty() && !pending.is_empty() {
+                match dec.decode_frame_bytes(&mut pending) {
+                    Ok(Some(f)) => {
+                        if let Frame::Chunk(c) = &f {
+                            zero_copy += usize::from(range.contains(&c.data.as_ptr()));
+                        }
+                        frames.push(f);
+                        continue;
+                    }
+                    Ok(None) => {
+                        buf.extend_from_slice(&pending);
+                        pending = Bytes::new();
+                    }
+                    Err(e) => return (frames, Err(e), zero_copy),
+                }
+            }
+            match dec.decode_frame(&mut buf) {
+                Ok(Some(f)) => frames.push(f),
+                Ok(None) => break,
+                Err(e) => return (frames, Err(e), zero_copy),
+            }
+        }
+    }
+    let end = dec.finish(&buf);
+    (frames, end, zero_copy)
+}
+
 proptest! {
+    #[test]
+    fn pieces_decode_like_a_buffer((frames, _) in object(), cuts in prop::collection::vec(any::<usize>(), 0..20)) {
+        let bytes = encode(&frames);
+        let (got, end, _) = decode_as_pieces(&bytes, &cuts);
+        prop_assert_eq!((got, end), decode_in_pieces(&bytes, &[]));
+    }
+
+    #[test]
+    fn whole_pieces_are_not_copied((frames, _) in object()) {
+        let bytes = encode(&frames);
+        let (got, end, zero_copy) = decode_as_pieces(&bytes, &[]);
+        prop_assert_eq!(end, Ok(()));
+        prop_assert_eq!(zero_copy, got.iter().filter(|f| matches!(f, Frame::Chunk(_))).count());
+    }
+
     #[test]
     fn any_valid_frame_round_trips(f in frame()) {
         prop_assert_eq!(f.validate(&Limits::default()), Ok(()));

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
 
 use super::Config;
@@ -115,6 +115,7 @@ pub struct FrameReceiver {
     body: RecvStream,
     dec: FrameDecoder,
     buf: BytesMut,
+    pending: Bytes,
     idle: Duration,
     eof: bool,
     received: u64,
@@ -126,6 +127,7 @@ impl FrameReceiver {
             body,
             dec: FrameDecoder::with_limits(config.limits),
             buf: BytesMut::new(),
+            pending: Bytes::new(),
             idle: config.idle_timeout,
             eof: false,
             received: 0,
@@ -146,6 +148,15 @@ impl FrameReceiver {
     /// arrives within the idle timeout.
     pub async fn next_frame(&mut self) -> Result<Option<Frame>, Error> {
         loop {
+            // Zero copy while frames lie whole within a DATA frame.
+            if self.buf.is_empty() && !self.pending.is_empty() {
+                if let Some(f) = self.dec.decode_frame_bytes(&mut self.pending)? {
+                    return Ok(Some(f));
+                }
+                // A frame straddles DATA frames: its start is copied once.
+                self.buf.extend_from_slice(&self.pending);
+                self.pending = Bytes::new();
+            }
             if let Some(f) = self.dec.decode_frame(&mut self.buf)? {
                 return Ok(Some(f));
             }
@@ -158,10 +169,15 @@ impl FrameReceiver {
                 Ok(None) => self.eof = true,
                 Ok(Some(Err(e))) => return Err(e.into()),
                 Ok(Some(Ok(data))) => {
-                    self.buf.extend_from_slice(&data);
-                    self.received += data.len() as u64;
                     let n = data.len();
-                    drop(data);
+                    self.received += n as u64;
+                    if self.buf.is_empty() {
+                        self.pending = data;
+                    } else {
+                        self.buf.extend_from_slice(&data);
+                    }
+                    // The bytes are ours now (at most one DATA frame held, or
+                    // one partial frame copied): the sender may send more.
                     self.body.flow_control().release_capacity(n)?;
                 }
             }

@@ -1,6 +1,6 @@
 //! [`FrameDecoder`]: bytes in, checked frames out (SPEC.md §2–§7).
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::{check_preamble, frame, DecodeError, Frame, FrameHeader, Limits, Sequencer, SequencerEvent};
 use super::{HEADER_LEN, PREAMBLE_LEN};
@@ -141,23 +141,45 @@ impl FrameDecoder {
         Err(DecodeError::UnexpectedEof { needed: needed.saturating_sub(rest.len()) as u64 })
     }
 
-    fn step(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
+    /// Decodes the next frame from `src` without copying: for a receiver
+    /// that gets the stream as a sequence of [`Bytes`] (HTTP/2 DATA frames).
+    /// Consumes what it decodes, including a header whose payload is not
+    /// complete yet; the caller moves whatever is left into the buffer it
+    /// passes to [`FrameDecoder::decode_frame`] next.
+    ///
+    /// # Errors
+    ///
+    /// As [`FrameDecoder::decode_frame`].
+    pub fn decode_frame_bytes(&mut self, src: &mut Bytes) -> Result<Option<Frame>, DecodeError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        match self.step(src) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                self.failed = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    fn step<S: Source>(&mut self, src: &mut S) -> Result<Option<Frame>, DecodeError> {
         loop {
             match self.state {
                 State::Preamble => {
-                    let Some(p) = src.get(..PREAMBLE_LEN) else {
-                        src.reserve(PREAMBLE_LEN - src.len());
+                    let Some(p) = src.bytes().get(..PREAMBLE_LEN) else {
+                        src.reserve_total(PREAMBLE_LEN);
                         return Ok(None);
                     };
                     let mut pre = [0u8; PREAMBLE_LEN];
                     pre.copy_from_slice(p);
                     check_preamble(&pre)?;
-                    src.advance(PREAMBLE_LEN);
+                    src.skip(PREAMBLE_LEN);
                     self.state = State::Head;
                 }
                 State::Head => {
-                    let Some(h) = src.get(..HEADER_LEN) else {
-                        src.reserve(HEADER_LEN - src.len());
+                    let Some(h) = src.bytes().get(..HEADER_LEN) else {
+                        src.reserve_total(HEADER_LEN);
                         return Ok(None);
                     };
                     let mut head = [0u8; HEADER_LEN];
@@ -165,16 +187,16 @@ impl FrameDecoder {
                     let head = FrameHeader::decode(&head)?;
                     // SPEC.md §6: the payload length is checked before any room is reserved.
                     frame::check_len(head, &self.limits)?;
-                    src.advance(HEADER_LEN);
+                    src.skip(HEADER_LEN);
                     self.state = State::Payload(head);
                 }
                 State::Payload(head) => {
                     let len = head.len as usize;
-                    if src.len() < len {
-                        src.reserve(len - src.len());
+                    if src.bytes().len() < len {
+                        src.reserve_total(len);
                         return Ok(None);
                     }
-                    let payload = src.split_to(len).freeze();
+                    let payload = src.split_payload(len);
                     self.state = State::Head;
                     let frame = Frame::decode(head, payload, &self.limits)?;
                     if let SequencerEvent::ObjectDone | SequencerEvent::Aborted = self.seq.handle_frame(&frame)? {
@@ -184,7 +206,7 @@ impl FrameDecoder {
                 }
                 State::Done => {
                     // SPEC.md §7.5: nothing may follow the object end or an abort.
-                    if !src.is_empty() {
+                    if !src.bytes().is_empty() {
                         return Err(DecodeError::TrailingData);
                     }
                     return Ok(None);
@@ -192,6 +214,44 @@ impl FrameDecoder {
             }
         }
     }
+}
+
+/// Where the decoder reads from: a growable buffer, or an immutable piece.
+trait Source {
+    fn bytes(&self) -> &[u8];
+    fn skip(&mut self, n: usize);
+    /// Takes the next `n` bytes as a payload, without copying.
+    fn split_payload(&mut self, n: usize) -> Bytes;
+    /// Makes room for `total` bytes in all, where the source can grow.
+    fn reserve_total(&mut self, total: usize);
+}
+
+impl Source for BytesMut {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn skip(&mut self, n: usize) {
+        self.advance(n);
+    }
+    fn split_payload(&mut self, n: usize) -> Bytes {
+        self.split_to(n).freeze()
+    }
+    fn reserve_total(&mut self, total: usize) {
+        self.reserve(total.saturating_sub(self.len()));
+    }
+}
+
+impl Source for Bytes {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn skip(&mut self, n: usize) {
+        self.advance(n);
+    }
+    fn split_payload(&mut self, n: usize) -> Bytes {
+        self.split_to(n)
+    }
+    fn reserve_total(&mut self, _total: usize) {}
 }
 
 impl Default for FrameDecoder {
