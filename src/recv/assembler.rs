@@ -62,7 +62,7 @@ pub enum Event {
 /// ```
 /// use bytes::Bytes;
 /// use tensorwire::recv::{Assembler, Event};
-/// use tensorwire::wire::{Frame, ItemHeader, Mode, ObjectEncoder, ObjectHeader};
+/// use tensorwire::wire::{ItemHeader, Mode, ObjectEncoder, ObjectHeader};
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let mut enc = ObjectEncoder::new();
 /// let mut asm = Assembler::new();

@@ -56,7 +56,8 @@ const PAGE: usize = 4096;
 /// # fn main() -> Result<(), tensorwire::Error> {
 /// let streamer = FileStreamer::open("model.safetensors")?.with_chunk_size(4 << 20);
 /// for frame in streamer.frames() {
-///     let frame = frame?; // hand to a transport: frame.into_buf()
+///     let buf = frame?.into_buf(); // what a transport sends; chunk data is not copied
+///     drop(buf);
 /// }
 /// # Ok(())
 /// # }

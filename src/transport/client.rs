@@ -31,6 +31,7 @@ use crate::Error;
 /// println!("{} bytes, crc {:#010x}", got.len, got.crc);
 /// # Ok(())
 /// # }
+/// # fn main() { let _ = run(); }
 /// ```
 #[derive(Debug, Clone)]
 pub struct Client {

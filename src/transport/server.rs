@@ -36,6 +36,7 @@ use crate::Error;
 /// server.run().await?; // returns once shut down and every transfer has ended
 /// # Ok(())
 /// # }
+/// # fn main() { let _ = run(); }
 /// ```
 #[derive(Debug)]
 pub struct Server {
