@@ -18,6 +18,15 @@ pub enum Error {
     /// The HTTP/2 layer failed.
     #[error("http/2: {0}")]
     Http(#[from] h2::Error),
+    /// A tensor's bytes do not match its dtype and shape, or a container
+    /// holds something this crate cannot send.
+    #[error("tensor {name:?}: {reason}")]
+    Tensor {
+        /// The tensor's name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A safetensors file is not valid.
     #[error("invalid safetensors: {0}")]
     Safetensors(#[from] safetensors::SafeTensorError),

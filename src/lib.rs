@@ -71,6 +71,7 @@ mod error;
 pub mod fuzz;
 pub mod recv;
 pub mod send;
+pub mod tensor;
 pub mod transport;
 pub mod wire;
 

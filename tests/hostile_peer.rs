@@ -107,3 +107,67 @@ async fn wrong_content_type_is_rejected() {
     assert!(matches!(err, Error::Protocol(_)), "{err}");
     assert!(!dir.join("out").exists());
 }
+
+/// A container object built frame by frame, for malformed variants.
+fn container_body(edit: impl FnOnce(&mut Vec<Frame>)) -> Vec<u8> {
+    use tensorwire::wire::Dtype;
+    let mut enc = ObjectEncoder::new();
+    let mut frames = vec![
+        enc.object_header(ObjectHeader::new("m", Mode::Container).with_items(2)).expect("h"),
+        enc.item_header(ItemHeader::tensor(0, "a", Dtype::F32, vec![2])).expect("i"),
+        enc.chunk(Bytes::from_static(&[0; 8])).expect("c"),
+        enc.item_end().expect("e"),
+        enc.item_header(ItemHeader::tensor(0, "b", Dtype::F32, vec![1])).expect("i"),
+        enc.chunk(Bytes::from_static(&[0; 4])).expect("c"),
+        enc.item_end().expect("e"),
+        enc.object_end().expect("o"),
+    ];
+    edit(&mut frames);
+    let mut out = preamble().to_vec();
+    for f in frames {
+        f.encode(&mut out);
+    }
+    out
+}
+
+async fn retrieve_err(body: Vec<u8>) -> Error {
+    use futures::StreamExt;
+    let client = scripted(body, CONTENT_TYPE).await;
+    let retriever = client.retrieve("m", None, &Default::default()).await.expect("response");
+    let results: Vec<Result<_, Error>> = retriever.collect().await;
+    results.into_iter().find_map(Result::err).expect("a malformed container was accepted")
+}
+
+#[tokio::test]
+async fn container_with_inconsistent_item_header_is_rejected() {
+    let body = container_body(|f| {
+        if let Frame::ItemHeader(h) = &mut f[1] {
+            h.len = 9; // F32 [2] is 8 bytes
+        }
+    });
+    let err = retrieve_err(body).await;
+    assert!(matches!(err, Error::Decode(tensorwire::wire::DecodeError::InconsistentItem { item: 0, .. })), "{err}");
+}
+
+#[tokio::test]
+async fn container_with_repeated_names_is_rejected() {
+    let body = container_body(|f| {
+        if let Frame::ItemHeader(h) = &mut f[4] {
+            h.name = "a".into();
+        }
+    });
+    let err = retrieve_err(body).await;
+    assert!(matches!(err, Error::Decode(tensorwire::wire::DecodeError::DuplicateName { .. })), "{err}");
+}
+
+#[tokio::test]
+async fn container_with_wrong_count_is_rejected() {
+    let body = container_body(|f| {
+        f[0] = Frame::ObjectHeader(ObjectHeader::new("m", Mode::Container).with_items(3));
+    });
+    let err = retrieve_err(body).await;
+    assert!(
+        matches!(err, Error::Decode(tensorwire::wire::DecodeError::ObjectEndMismatch { field: "items", .. })),
+        "{err}"
+    );
+}

@@ -64,6 +64,7 @@ fn object_header() -> impl Strategy<Value = ObjectHeader> {
             total_len,
             chunk_size,
             metadata: metadata.into_iter().collect::<BTreeMap<_, _>>(),
+            index: None,
         })
 }
 

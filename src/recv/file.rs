@@ -73,6 +73,21 @@ impl FileSink {
         Ok(self.file()?.write_all_at(data, offset)?)
     }
 
+    /// Appends the whole of the file at `src` at `offset` (a kernel-side
+    /// copy where the platform has one). Blocking.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] from reading or writing.
+    pub fn copy_from(&self, src: &Path, offset: u64) -> Result<(), Error> {
+        use std::io::{Seek, SeekFrom};
+        let mut from = File::open(src)?;
+        let mut to = self.file()?;
+        to.seek(SeekFrom::Start(offset))?;
+        std::io::copy(&mut from, &mut to)?;
+        Ok(())
+    }
+
     fn file(&self) -> io::Result<&File> {
         self.file.as_ref().ok_or_else(|| io::Error::other("sink already committed"))
     }

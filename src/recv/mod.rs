@@ -9,7 +9,9 @@
 mod assembler;
 mod file;
 mod ranges;
+mod retriever;
 
 pub use assembler::{Assembler, Event};
 pub use file::{validate_safetensors, FileSink};
 pub use ranges::RangeSet;
+pub use retriever::ObjectRetriever;

@@ -87,15 +87,7 @@ impl FileStreamer {
         if !meta.is_file() {
             return Err(Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file")));
         }
-        // SAFETY: the mapping is shared and read-only. Its contents may change
-        // if another process writes the file, which can only make us send
-        // wrong bytes: the CRCs are computed over what we actually send, and
-        // a change of size or mtime is detected and aborts the object (see
-        // the type's docs). Truncation while mapped raises SIGBUS; callers
-        // must not truncate files being served, as documented.
-        let map = unsafe { Mmap::map(&file)? };
-        // Sequential access: read-ahead helps, and is only advice.
-        let _ = map.advise(memmap2::Advice::Sequential);
+        let map = map_file(&file)?;
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let safetensors = if name.ends_with(".safetensors") {
             let (_, meta) = safetensors::SafeTensors::read_metadata(&map)?;
@@ -161,7 +153,7 @@ impl FileStreamer {
     /// A chunk's bytes: a slice of the mapping whose pages are released when
     /// the last reference is dropped.
     fn window(&self, start: usize, end: usize) -> Bytes {
-        Bytes::from_owner(MapWindow { map: Arc::clone(&self.map), start, end })
+        window(&self.map, start, end)
     }
 
     fn changed(&self) -> bool {
@@ -235,6 +227,26 @@ impl Iterator for FileFrames {
     fn next(&mut self) -> Option<Self::Item> {
         self.step().map_err(Error::from).transpose()
     }
+}
+
+/// Maps `file` read-only for sequential reading.
+pub(crate) fn map_file(file: &File) -> std::io::Result<Mmap> {
+    // SAFETY: the mapping is shared and read-only. Its contents may change
+    // if another process writes the file, which can only make us send
+    // wrong bytes: the CRCs are computed over what we actually send, and
+    // a change of size or mtime is detected and aborts the object (see
+    // FileStreamer's docs). Truncation while mapped raises SIGBUS; callers
+    // must not truncate files being served, as documented.
+    let map = unsafe { Mmap::map(file)? };
+    // Sequential access: read-ahead helps, and is only advice.
+    let _ = map.advise(memmap2::Advice::Sequential);
+    Ok(map)
+}
+
+/// Bytes `start..end` of the mapping, without copying; the pages are
+/// released when the last reference to them is dropped.
+pub(crate) fn window(map: &Arc<Mmap>, start: usize, end: usize) -> Bytes {
+    Bytes::from_owner(MapWindow { map: Arc::clone(map), start, end })
 }
 
 /// The owner behind a chunk's [`Bytes`]: a window of the shared mapping.

@@ -27,13 +27,20 @@ pub(crate) struct FrameSender {
     stream: SendStream<EncodedFrame>,
     staged: BytesMut,
     idle: Duration,
+    counter: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl FrameSender {
     pub(crate) fn new(stream: SendStream<EncodedFrame>, config: &Config) -> Self {
         let mut staged = BytesMut::with_capacity(COALESCE_BYTES);
         staged.put_slice(&preamble());
-        FrameSender { stream, staged, idle: config.idle_timeout }
+        FrameSender { stream, staged, idle: config.idle_timeout, counter: None }
+    }
+
+    /// Counts every byte handed to h2 in `counter`.
+    pub(crate) fn counting(mut self, counter: Arc<std::sync::atomic::AtomicU64>) -> Self {
+        self.counter = Some(counter);
+        self
     }
 
     pub(crate) async fn send_frame(&mut self, frame: Frame) -> Result<(), Error> {
@@ -78,6 +85,9 @@ impl FrameSender {
                 .await
                 .map_err(|_| Error::Timeout("send capacity"))??;
             let part = buf.split_to(granted.min(buf.remaining()));
+            if let Some(c) = &self.counter {
+                c.fetch_add(part.remaining() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
             self.stream.send_data(part, eos && !buf.has_remaining())?;
         }
         Ok(())
@@ -182,6 +192,22 @@ impl FrameReceiver {
                 }
             }
         }
+    }
+}
+
+/// The frames of an object arriving over HTTP/2, as a `Stream`.
+pub type FrameStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<Frame, Error>> + Send>>;
+
+impl FrameReceiver {
+    /// The frames as a `Stream` (ending after the object end).
+    pub fn into_stream(self) -> FrameStream {
+        Box::pin(futures::stream::unfold(self, |mut rx| async move {
+            match rx.next_frame().await {
+                Ok(Some(f)) => Some((Ok(f), rx)),
+                Ok(None) => None,
+                Err(e) => Some((Err(e), rx)),
+            }
+        }))
     }
 }
 

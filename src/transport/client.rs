@@ -9,10 +9,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio_util::sync::CancellationToken;
 
-use super::body::{join, receive_file, FrameReceiver, FrameSender, Progress, ProgressFn};
+use futures::StreamExt;
+
+use super::body::{join, receive_file, FrameReceiver, FrameSender, FrameStream, Progress, ProgressFn};
 use super::server::send_all;
 use super::{object_path, Config};
-use crate::send::FileStreamer;
+use crate::recv::ObjectRetriever;
+use crate::send::{ContainerStreamer, FileStreamer};
 use crate::wire::{EncodedFrame, Frame, CONTENT_TYPE};
 use crate::Error;
 
@@ -151,9 +154,23 @@ impl Client {
     ///
     /// As [`Client::get_file`], for the request and the response head.
     pub async fn get(&self, name: &str, opts: &TransferOptions) -> Result<FrameReceiver, Error> {
-        let mut path = object_path(name);
+        self.request_object(name, &[], opts).await
+    }
+
+    async fn request_object(
+        &self,
+        name: &str,
+        query: &[String],
+        opts: &TransferOptions,
+    ) -> Result<FrameReceiver, Error> {
+        let mut query = query.to_vec();
         if let Some(chunk) = opts.chunk_size {
-            path.push_str(&format!("?chunk_size={chunk}"));
+            query.push(format!("chunk_size={chunk}"));
+        }
+        let mut path = object_path(name);
+        if !query.is_empty() {
+            path.push('?');
+            path.push_str(&query.join("&"));
         }
         let req = self.request(Method::GET, &path)?;
         let mut send = self.send.clone().ready().await?;
@@ -194,10 +211,56 @@ impl Client {
         opts: &TransferOptions,
     ) -> Result<Transfer, Error> {
         let path = path.as_ref().to_path_buf();
+        let streamer = tokio::task::spawn_blocking(move || FileStreamer::open(path)).await.map_err(join)??;
+        let streamer = streamer.with_name(name).with_chunk_size(self.config.chunk_size as usize);
+        let total = streamer.len();
+        self.push(name, futures::stream::iter(streamer.frames()), Some(total), opts).await
+    }
+
+    /// Pushes a container (SPEC.md §8.3): its tensors go out one at a time as
+    /// the server's flow control allows, and the server's push handler (or
+    /// its root) takes them. Returns once the server has accepted the object.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::put_file`].
+    pub async fn put_container(&self, streamer: ContainerStreamer, opts: &TransferOptions) -> Result<Transfer, Error> {
+        let header = streamer.object_header();
+        let streamer = streamer.with_chunk_size(self.config.chunk_size as usize);
+        self.push(&header.name, streamer.frames(), header.total_len, opts).await
+    }
+
+    /// Pulls a container object as a `Stream` of tensors, each yielded once
+    /// verified (SPEC.md §8.2, `mode=container`); `items` selects tensors by
+    /// name, in that order. Dropping the retriever cancels the transfer.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::get`].
+    pub async fn retrieve(
+        &self,
+        name: &str,
+        items: Option<&[String]>,
+        opts: &TransferOptions,
+    ) -> Result<ObjectRetriever<FrameStream>, Error> {
+        let mut query = vec!["mode=container".to_string()];
+        if let Some(items) = items {
+            let encoded: Vec<String> =
+                items.iter().map(|n| percent_encoding::utf8_percent_encode(n, QUERY_VALUE).to_string()).collect();
+            query.push(format!("items={}", encoded.join(",")));
+        }
+        let rx = self.request_object(name, &query, opts).await?;
+        Ok(ObjectRetriever::new(rx.into_stream()))
+    }
+
+    async fn push(
+        &self,
+        name: &str,
+        frames: impl futures::Stream<Item = Result<Frame, Error>> + Send,
+        total: Option<u64>,
+        opts: &TransferOptions,
+    ) -> Result<Transfer, Error> {
         cancellable(opts, async {
-            let streamer = tokio::task::spawn_blocking(move || FileStreamer::open(path)).await.map_err(join)??;
-            let streamer = streamer.with_name(name).with_chunk_size(self.config.chunk_size as usize);
-            let total = streamer.len();
             let mut req = self.request(Method::PUT, &object_path(name))?;
             req.headers_mut().insert("content-type", http::HeaderValue::from_static(CONTENT_TYPE));
             let mut send = self.send.clone().ready().await?;
@@ -205,10 +268,10 @@ impl Client {
             let mut tx = FrameSender::new(stream, &self.config);
             let progress = opts.progress.clone();
             let mut done = 0u64;
-            let frames = streamer.frames().inspect(|f| {
+            let frames = frames.inspect(|f| {
                 if let (Ok(Frame::Chunk(c)), Some(p)) = (f, &progress) {
                     done += c.data.len() as u64;
-                    p(Progress { done, total: Some(total) });
+                    p(Progress { done, total });
                 }
             });
             let sent = send_all(&mut tx, frames).await;
@@ -236,6 +299,10 @@ impl Client {
             .map_err(|_| Error::InvalidName { name: path.to_string(), reason: "not a valid request path" })
     }
 }
+
+/// Characters escaped in a query value: everything but unreserved ones.
+const QUERY_VALUE: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// Runs `fut` unless the options' token is cancelled first; dropping `fut`
 /// drops its streams, which resets them with `CANCEL`.

@@ -28,9 +28,9 @@ mod server;
 
 use std::time::Duration;
 
-pub use body::{FrameReceiver, Progress, ProgressFn};
+pub use body::{FrameReceiver, FrameStream, Progress, ProgressFn};
 pub use client::{Client, Transfer, TransferOptions};
-pub use registry::Registry;
+pub use registry::{ContainerSource, PushHandler, Registry};
 pub use server::{Server, ServerHandle};
 
 use crate::wire::Limits;

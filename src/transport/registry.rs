@@ -2,8 +2,24 @@
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
+use futures::future::BoxFuture;
+
+use super::FrameStream;
+use crate::recv::ObjectRetriever;
+use crate::tensor::TensorMap;
 use crate::Error;
+
+/// Produces the current version of an in-memory container each time it is
+/// requested (an FL controller swaps its global model between rounds).
+pub type ContainerSource = Arc<dyn Fn() -> Arc<TensorMap> + Send + Sync>;
+
+/// Receives a pushed container object (SPEC.md §8.3): called with the
+/// object's name and its tensors as a stream, as they arrive. The push is
+/// answered `201` when the handler returns `Ok`, and fails otherwise.
+pub type PushHandler =
+    Arc<dyn Fn(String, ObjectRetriever<FrameStream>) -> BoxFuture<'static, Result<(), Error>> + Send + Sync>;
 
 /// The objects a [`Server`](super::Server) may serve: files registered by
 /// name, and/or every regular file under one root directory. Nothing else:
@@ -18,11 +34,25 @@ use crate::Error;
 /// assert!(registry.decode_name("/objects/..%2Fetc%2Fpasswd").is_err());
 /// assert_eq!(registry.decode_name("/objects/model").ok().as_deref(), Some("model"));
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Registry {
     root: Option<PathBuf>,
     files: HashMap<String, PathBuf>,
+    containers: HashMap<String, ContainerSource>,
+    push_handler: Option<PushHandler>,
     accept_pushes: bool,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("root", &self.root)
+            .field("files", &self.files)
+            .field("containers", &self.containers.keys().collect::<Vec<_>>())
+            .field("push_handler", &self.push_handler.is_some())
+            .field("accept_pushes", &self.accept_pushes)
+            .finish()
+    }
 }
 
 impl Registry {
@@ -41,13 +71,41 @@ impl Registry {
         if !root.is_dir() {
             return Err(std::io::Error::new(std::io::ErrorKind::NotADirectory, "root is not a directory").into());
         }
-        Ok(Registry { root: Some(root), files: HashMap::new(), accept_pushes: true })
+        Ok(Registry { root: Some(root), accept_pushes: true, ..Registry::default() })
     }
 
     /// Registers one file under `name`.
     pub fn with_file(mut self, name: impl Into<String>, path: impl Into<PathBuf>) -> Self {
         self.files.insert(name.into(), path.into());
         self
+    }
+
+    /// Serves an in-memory container under `name` (in container mode).
+    pub fn with_container(self, name: impl Into<String>, model: Arc<TensorMap>) -> Self {
+        self.with_container_source(name, Arc::new(move || Arc::clone(&model)))
+    }
+
+    /// Serves whatever `source` returns when `name` is requested.
+    pub fn with_container_source(mut self, name: impl Into<String>, source: ContainerSource) -> Self {
+        self.containers.insert(name.into(), source);
+        self
+    }
+
+    /// Hands pushed objects to `handler` instead of writing them under the
+    /// root: a controller receives the tensors of each update as a stream.
+    pub fn with_push_handler(mut self, handler: PushHandler) -> Self {
+        self.push_handler = Some(handler);
+        self
+    }
+
+    /// The in-memory container called `name`, if any.
+    pub fn container(&self, name: &str) -> Option<Arc<TensorMap>> {
+        self.containers.get(name).map(|source| source())
+    }
+
+    /// The push handler, if any.
+    pub(crate) fn push_handler(&self) -> Option<&PushHandler> {
+        self.push_handler.as_ref()
     }
 
     /// Whether pushes are accepted (only with a root).

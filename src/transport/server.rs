@@ -1,7 +1,7 @@
 //! [`Server`]: serves a [`Registry`] over HTTP/2 (SPEC.md §8).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -15,7 +15,10 @@ use tokio::task::JoinSet;
 
 use super::body::{join, receive_file, FrameReceiver, FrameSender};
 use super::{Config, Registry};
-use crate::send::FileStreamer;
+use futures::StreamExt;
+
+use crate::recv::ObjectRetriever;
+use crate::send::{ContainerStreamer, FileStreamer};
 use crate::wire::{Abort, AbortCode, EncodedFrame, Frame, CONTENT_TYPE};
 use crate::Error;
 
@@ -50,6 +53,7 @@ struct Shared {
     registry: Registry,
     config: Config,
     active: Arc<AtomicUsize>,
+    sent: Arc<AtomicU64>,
 }
 
 /// Stops a running [`Server`] gracefully, and reports on it.
@@ -57,6 +61,7 @@ struct Shared {
 pub struct ServerHandle {
     stop: watch::Sender<bool>,
     active: Arc<AtomicUsize>,
+    sent: Arc<AtomicU64>,
 }
 
 impl ServerHandle {
@@ -70,6 +75,12 @@ impl ServerHandle {
     /// as soon as the server has noticed the reset).
     pub fn active_requests(&self) -> usize {
         self.active.load(Ordering::SeqCst)
+    }
+
+    /// Response-body bytes handed to HTTP/2 so far, all transfers together:
+    /// only what receivers granted flow-control capacity for.
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent.load(Ordering::SeqCst)
     }
 }
 
@@ -98,7 +109,7 @@ impl Server {
     pub async fn bind(addr: impl ToSocketAddrs, registry: Registry, config: Config) -> Result<Self, Error> {
         let listener = TcpListener::bind(addr).await?;
         let (shutdown, _) = watch::channel(false);
-        let shared = Arc::new(Shared { registry, config, active: Arc::default() });
+        let shared = Arc::new(Shared { registry, config, active: Arc::default(), sent: Arc::default() });
         Ok(Server { listener, shared, shutdown })
     }
 
@@ -109,7 +120,11 @@ impl Server {
 
     /// A handle that shuts the server down.
     pub fn handle(&self) -> ServerHandle {
-        ServerHandle { stop: self.shutdown.clone(), active: Arc::clone(&self.shared.active) }
+        ServerHandle {
+            stop: self.shutdown.clone(),
+            active: Arc::clone(&self.shared.active),
+            sent: Arc::clone(&self.shared.sent),
+        }
     }
 
     /// Accepts connections until shut down, then waits for every connection
@@ -148,7 +163,8 @@ impl Server {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (_never, stop) = watch::channel(false);
-        serve(io, Arc::new(Shared { registry, config, active: Arc::default() }), stop).await
+        let shared = Shared { registry, config, active: Arc::default(), sent: Arc::default() };
+        serve(io, Arc::new(shared), stop).await
     }
 }
 
@@ -225,6 +241,7 @@ impl From<Error> for Reply {
         let status = match &e {
             Error::InvalidName { .. } => StatusCode::BAD_REQUEST,
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
+            Error::Tensor { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Safetensors(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Decode(_) | Error::Aborted { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -243,40 +260,97 @@ async fn get(
     shared: &Shared,
 ) -> Result<(), Reply> {
     let name = shared.registry.decode_name(req.uri().path())?;
-    if let Some(mode) = query(req, "mode").filter(|m| *m != "file") {
-        return Err(Reply::status(StatusCode::BAD_REQUEST, format!("mode {mode:?} is not served here")));
-    }
     let chunk = match query(req, "chunk_size") {
         Some(v) => v.parse::<u32>().map_err(|_| Reply::status(StatusCode::BAD_REQUEST, "bad chunk_size"))?,
         None => shared.config.chunk_size,
     };
-    let chunk = chunk.clamp(1, shared.config.limits.max_payload.min(crate::wire::Limits::DEFAULT_MAX_PAYLOAD));
-    let path = shared.registry.resolve(&name)?;
-    let streamer = tokio::task::spawn_blocking(move || FileStreamer::open(path)).await.map_err(join)??;
-    let streamer = streamer.with_name(name).with_chunk_size(chunk as usize);
-    let resp = Response::builder()
+    let chunk = chunk.clamp(1, shared.config.limits.max_payload.min(crate::wire::Limits::DEFAULT_MAX_PAYLOAD)) as usize;
+    let items = match query(req, "items") {
+        Some(list) => Some(decode_list(list)?),
+        None => None,
+    };
+    let container = shared.registry.container(&name);
+    let mode = query(req, "mode").unwrap_or(if container.is_some() { "container" } else { "file" });
+    let (frames, len, count): (futures::stream::BoxStream<'static, Result<Frame, Error>>, Option<u64>, Option<u64>) =
+        match (mode, container) {
+            ("container", Some(model)) => container_frames(ContainerStreamer::from_map(name, model), chunk, items)?,
+            ("container", None) => {
+                let path = shared.registry.resolve(&name)?;
+                let streamer = blocking(move || ContainerStreamer::open_safetensors(path)).await?.with_name(name);
+                container_frames(streamer, chunk, items)?
+            }
+            ("file", None) if items.is_none() => {
+                let path = shared.registry.resolve(&name)?;
+                let streamer = blocking(move || FileStreamer::open(path)).await?;
+                let streamer = streamer.with_name(name).with_chunk_size(chunk);
+                let len = streamer.len();
+                (futures::stream::iter(streamer.frames()).boxed(), Some(len), Some(1))
+            }
+            _ => {
+                return Err(Reply::status(
+                    StatusCode::BAD_REQUEST,
+                    format!("mode {mode:?} with these options is not served for this object"),
+                ))
+            }
+        };
+    let mut resp = Response::builder()
         .status(StatusCode::OK)
         .header("content-type", CONTENT_TYPE)
-        .header("tensorwire-version", "1")
-        .header("tensorwire-items", "1")
-        .header("tensorwire-length", streamer.len())
-        .body(())
-        .map_err(|e| Reply::status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        .header("tensorwire-version", "1");
+    if let Some(n) = count {
+        resp = resp.header("tensorwire-items", n);
+    }
+    if let Some(n) = len {
+        resp = resp.header("tensorwire-length", n);
+    }
+    let resp = resp.body(()).map_err(|e| Reply::status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let stream = respond.send_response(resp, false).map_err(Error::from)?;
-    let mut tx = FrameSender::new(stream, &shared.config);
+    let mut tx = FrameSender::new(stream, &shared.config).counting(Arc::clone(&shared.sent));
     // From here on failures reach the client as an abort frame or a reset.
-    let _ = send_all(&mut tx, streamer.frames()).await;
+    let _ = send_all(&mut tx, frames).await;
     Ok(())
+}
+
+type Frames = futures::stream::BoxStream<'static, Result<Frame, Error>>;
+
+fn container_frames(
+    streamer: ContainerStreamer,
+    chunk: usize,
+    items: Option<Vec<String>>,
+) -> Result<(Frames, Option<u64>, Option<u64>), Reply> {
+    let mut streamer = streamer.with_chunk_size(chunk);
+    if let Some(items) = items {
+        streamer = streamer.select(&items)?;
+    }
+    let header = streamer.object_header();
+    Ok((streamer.frames().boxed(), header.total_len, header.items))
+}
+
+/// A comma-separated list of percent-encoded names.
+fn decode_list(list: &str) -> Result<Vec<String>, Reply> {
+    list.split(',')
+        .map(|n| {
+            percent_encoding::percent_decode_str(n)
+                .decode_utf8()
+                .map(|s| s.into_owned())
+                .map_err(|_| Reply::status(StatusCode::BAD_REQUEST, "item names must be UTF-8"))
+        })
+        .collect()
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f).await.map_err(join)?
 }
 
 /// Sends every frame and ends the stream; a local failure becomes an abort
 /// frame (or a reset, if even that cannot be sent).
 pub(crate) async fn send_all(
     tx: &mut FrameSender,
-    frames: impl Iterator<Item = Result<Frame, Error>>,
+    frames: impl futures::Stream<Item = Result<Frame, Error>>,
 ) -> Result<(), Error> {
     let mut result = Ok(());
-    for frame in frames {
+    let mut frames = std::pin::pin!(frames);
+    while let Some(frame) = frames.next().await {
         let sent = match frame {
             Ok(f) => tx.send_frame(f).await,
             Err(e) => Err(e),
@@ -307,10 +381,15 @@ async fn put(req: Request<RecvStream>, respond: &mut SendResponse<EncodedFrame>,
     if content_type != Some(CONTENT_TYPE) {
         return Err(Reply::status(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("expected {CONTENT_TYPE}")));
     }
-    let dest = shared.registry.resolve_for_write(&name)?;
     let mut rx = FrameReceiver::new(req.into_body(), &shared.config);
-    let got = receive_file(&mut rx, &dest, None).await?;
-    let body = format!(r#"{{"items":{},"len":{},"crc":{}}}"#, got.items, got.len, got.crc);
+    let body = if let Some(handler) = shared.registry.push_handler() {
+        handler(name.clone(), ObjectRetriever::new(rx.into_stream())).await?;
+        format!(r#"{{"name":{}}}"#, serde_json::Value::from(name))
+    } else {
+        let dest = shared.registry.resolve_for_write(&name)?;
+        let got = receive_file(&mut rx, &dest, None).await?;
+        format!(r#"{{"items":{},"len":{},"crc":{}}}"#, got.items, got.len, got.crc)
+    };
     let resp = Response::builder()
         .status(StatusCode::CREATED)
         .header("content-type", "application/json")

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use super::meta::{self, EncodingJson, ItemJson, ObjectJson};
+use super::meta::{self, EncodingJson, IndexJson, ItemJson, ObjectJson};
 use super::{crc, DecodeError, Dtype, Encoding, FrameHeader, FrameKind, Limits, Mode, HEADER_LEN, NO_ITEM};
 
 /// A decoded frame.
@@ -327,6 +327,22 @@ pub struct ObjectHeader {
     pub chunk_size: u32,
     /// Free-form string pairs (SPEC.md §5.1).
     pub metadata: BTreeMap<String, String>,
+    /// The tensors the items will restore to, in item order, when the sender
+    /// knows them up front (SPEC.md §5.1): lets a receiver lay out a file
+    /// before the data arrives.
+    pub index: Option<Vec<IndexEntry>>,
+}
+
+/// One tensor of an object header's index (SPEC.md §5.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
+pub struct IndexEntry {
+    /// The item's name.
+    pub name: String,
+    /// The dtype the item restores to.
+    pub dtype: Dtype,
+    /// The item's shape.
+    pub shape: Vec<u64>,
 }
 
 impl ObjectHeader {
@@ -339,6 +355,7 @@ impl ObjectHeader {
             total_len: None,
             chunk_size: crate::wire::encoder::DEFAULT_CHUNK_BYTES,
             metadata: BTreeMap::new(),
+            index: None,
         }
     }
 
@@ -364,6 +381,7 @@ impl ObjectHeader {
             total_len: j.total_len,
             chunk_size: j.chunk_size,
             metadata: j.metadata,
+            index: j.index.map(|entries| entries.into_iter().map(IndexJson::into_entry).collect()).transpose()?,
         };
         h.check(limits)?;
         Ok(h)
@@ -378,6 +396,22 @@ impl ObjectHeader {
         if let Some(len) = self.total_len.filter(|&n| n > limits.max_object_len) {
             return Err(DecodeError::LimitExceeded { what: "object length", value: len, max: limits.max_object_len });
         }
+        if let Some(index) = &self.index {
+            // SPEC.md §5.1: an index lists exactly the declared items.
+            if self.items != Some(index.len() as u64) {
+                return Err(bad_meta(FrameKind::ObjectHeader, "index without a matching item count"));
+            }
+            for e in index {
+                check_name(FrameKind::ObjectHeader, &e.name, limits)?;
+                if e.shape.len() as u64 > u64::from(limits.max_rank) {
+                    return Err(DecodeError::LimitExceeded {
+                        what: "rank",
+                        value: e.shape.len() as u64,
+                        max: limits.max_rank.into(),
+                    });
+                }
+            }
+        }
         Ok(())
     }
 
@@ -389,6 +423,7 @@ impl ObjectHeader {
             total_len: self.total_len,
             chunk_size: self.chunk_size,
             metadata: self.metadata.clone(),
+            index: self.index.as_ref().map(|entries| entries.iter().map(IndexJson::from_entry).collect()),
         })
     }
 

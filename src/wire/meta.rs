@@ -328,6 +328,25 @@ pub(crate) struct ObjectJson {
     pub(crate) chunk_size: u32,
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub(crate) metadata: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) index: Option<Vec<IndexJson>>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct IndexJson {
+    name: String,
+    dtype: String,
+    shape: Vec<u64>,
+}
+
+impl IndexJson {
+    pub(crate) fn from_entry(e: &super::frame::IndexEntry) -> Self {
+        IndexJson { name: e.name.clone(), dtype: e.dtype.as_str().into(), shape: e.shape.clone() }
+    }
+
+    pub(crate) fn into_entry(self) -> Result<super::frame::IndexEntry, DecodeError> {
+        Ok(super::frame::IndexEntry { dtype: Dtype::parse(&self.dtype)?, name: self.name, shape: self.shape })
+    }
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]

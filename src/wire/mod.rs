@@ -37,7 +37,9 @@ mod test_util;
 pub use decoder::FrameDecoder;
 pub use encoder::{EncodeError, FrameEncoder, ObjectEncoder, DEFAULT_CHUNK_BYTES};
 pub use error::DecodeError;
-pub use frame::{Abort, AbortCode, Chunk, EncodedFrame, Frame, ItemEnd, ItemHeader, ObjectEnd, ObjectHeader};
+pub use frame::{
+    Abort, AbortCode, Chunk, EncodedFrame, Frame, IndexEntry, ItemEnd, ItemHeader, ObjectEnd, ObjectHeader,
+};
 pub use header::{FrameHeader, FrameKind};
 pub use limits::Limits;
 pub(crate) use meta::truncate as meta_truncate;

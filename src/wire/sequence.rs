@@ -42,6 +42,7 @@ pub struct Sequencer {
     mode: Mode,
     declared_items: Option<u64>,
     declared_len: Option<u64>,
+    index: Option<Vec<super::IndexEntry>>,
     next_item: u64,
     open: Option<OpenItem>,
     object: Combined,
@@ -98,6 +99,7 @@ impl Sequencer {
             mode: Mode::File,
             declared_items: None,
             declared_len: None,
+            index: None,
             next_item: 0,
             open: None,
             object: Combined::new(),
@@ -143,6 +145,7 @@ impl Sequencer {
                 self.mode = h.mode;
                 self.declared_items = h.items;
                 self.declared_len = h.total_len;
+                self.index.clone_from(&h.index);
                 self.state = State::InObject;
                 Ok(SequencerEvent::None)
             }
@@ -194,6 +197,15 @@ impl Sequencer {
         let max_len = self.declared_len.unwrap_or(u64::MAX).min(self.limits.max_object_len);
         if total > max_len {
             return Err(DecodeError::LimitExceeded { what: "object length", value: total, max: max_len });
+        }
+        // SPEC.md §7.1: items match the object header's index, when there is one.
+        if let Some(entry) = self.index.as_ref().and_then(|i| i.get(h.item as usize)) {
+            if entry.name != h.name || Some(entry.dtype) != h.dtype || Some(&entry.shape) != h.shape.as_ref() {
+                return Err(DecodeError::InconsistentItem {
+                    item: h.item,
+                    reason: "differs from the object header's index".into(),
+                });
+            }
         }
         self.remember_name(h)?;
         self.total_len = total;
@@ -532,6 +544,23 @@ mod tests {
         let mut frames = two_tensors();
         frames.push(frames[1].clone());
         assert!(matches!(sequence(&frames), Err(DecodeError::UnexpectedFrame { reason: "the object has ended", .. })));
+    }
+
+    #[test]
+    fn items_must_match_the_index() {
+        let index = vec![
+            crate::wire::IndexEntry { name: "a".into(), dtype: Dtype::F32, shape: vec![2] },
+            crate::wire::IndexEntry { name: "b".into(), dtype: Dtype::F32, shape: vec![2, 3] },
+        ];
+        let mut header = ObjectHeader::new("model", Mode::Container).with_items(2);
+        header.index = Some(index.clone());
+        let frames = replace(two_tensors(), 0, Frame::ObjectHeader(header.clone()));
+        assert_eq!(sequence(&frames), Ok(()));
+        let mut wrong = index;
+        wrong[1].shape = vec![6];
+        header.index = Some(wrong);
+        let frames = replace(two_tensors(), 0, Frame::ObjectHeader(header));
+        assert!(matches!(sequence(&frames), Err(DecodeError::InconsistentItem { item: 1, .. })));
     }
 
     #[test]

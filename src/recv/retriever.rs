@@ -1,0 +1,332 @@
+//! [`ObjectRetriever`]: a container object's frames in, tensors out, each as
+//! soon as its last chunk is verified.
+
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::stream::{Stream, StreamExt};
+
+use super::FileSink;
+use crate::tensor::{to_safetensors, Tensor, TensorMap, TensorMeta};
+use crate::wire::{Encoding, Frame, IndexEntry, ItemHeader, Mode, ObjectHeader};
+use crate::Error;
+
+/// Turns the frames of a container object into a `Stream` of [`Tensor`]s.
+///
+/// Each tensor is yielded as soon as its item end has arrived, that is once
+/// all its chunks and its CRC are verified (the frames come from a
+/// [`FrameDecoder`](crate::wire::FrameDecoder), which checks them). The
+/// retriever reads the next frame only when it is polled, so the consumer's
+/// pace is the sender's pace: it holds the tensor being assembled and
+/// nothing else, and a tensor that arrives as one chunk is not copied at all.
+/// Dropping the retriever drops its frame source; over HTTP/2 that resets
+/// the stream and the sender stops.
+///
+/// The frame source is any `Stream` of frames: the transport's
+/// ([`Client::retrieve`](crate::transport::Client::retrieve)), or a test's.
+///
+/// ```
+/// use std::sync::Arc;
+/// use bytes::Bytes;
+/// use futures::StreamExt;
+/// use tensorwire::recv::ObjectRetriever;
+/// use tensorwire::send::ContainerStreamer;
+/// use tensorwire::tensor::{Dtype, Tensor, TensorMap};
+/// # fn main() -> Result<(), tensorwire::Error> {
+/// let mut model = TensorMap::new();
+/// model.insert("w".into(), Tensor::new("w", Dtype::F32, vec![4], Bytes::from(vec![1u8; 16]))?);
+/// let frames = ContainerStreamer::from_map("m", Arc::new(model.clone())).with_chunk_size(6).frames();
+/// let got = futures::executor::block_on(ObjectRetriever::new(Box::pin(frames)).collect_map())?;
+/// assert_eq!(got, model);
+/// # Ok(())
+/// # }
+/// ```
+#[must_use = "streams do nothing unless polled"]
+pub struct ObjectRetriever<S> {
+    frames: S,
+    header: Option<ObjectHeader>,
+    building: Option<Building>,
+    done: bool,
+}
+
+struct Building {
+    meta: TensorMeta,
+    len: usize,
+    data: Assembly,
+}
+
+/// A tensor's bytes as they arrive: kept as the chunk itself when one chunk
+/// holds the whole tensor, copied into one buffer otherwise.
+enum Assembly {
+    Empty,
+    One(Bytes),
+    Many(Vec<u8>),
+}
+
+impl<S> std::fmt::Debug for ObjectRetriever<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectRetriever")
+            .field("object", &self.header.as_ref().map(|h| &h.name))
+            .field("building", &self.building.as_ref().map(|b| &b.meta.name))
+            .field("done", &self.done)
+            .finish()
+    }
+}
+
+impl<S> ObjectRetriever<S>
+where
+    S: Stream<Item = Result<Frame, Error>> + Unpin,
+{
+    /// A retriever over a stream of frames.
+    pub fn new(frames: S) -> Self {
+        ObjectRetriever { frames, header: None, building: None, done: false }
+    }
+
+    /// The object header, once the first tensor (or the end) was polled.
+    pub fn object_header(&self) -> Option<&ObjectHeader> {
+        self.header.as_ref()
+    }
+
+    /// Collects every tensor into a map: the whole object in memory, which
+    /// the caller asked for.
+    ///
+    /// # Errors
+    ///
+    /// The first error of the stream.
+    pub async fn collect_map(mut self) -> Result<TensorMap, Error> {
+        let mut map = TensorMap::new();
+        while let Some(t) = self.next().await {
+            let t = t?;
+            map.insert(t.name().to_string(), t);
+        }
+        Ok(map)
+    }
+
+    /// Writes the tensors into a safetensors file as they arrive: into
+    /// `<dest>.part`, which is validated, synced and renamed over `dest` only
+    /// when the object is complete. With an index in the object header the
+    /// file header is written first and each tensor at its offset; without
+    /// one, tensors go to a side file and are copied after the header at the
+    /// end (kernel-side, no user-space buffer). Memory: one tensor.
+    ///
+    /// # Errors
+    ///
+    /// The first error of the stream, or [`Error::Io`] from the files; `dest`
+    /// is then left as it was.
+    pub async fn write_safetensors(mut self, dest: impl AsRef<Path>) -> Result<u64, Error> {
+        let dest = dest.as_ref().to_path_buf();
+        // The header arrives with the first frame.
+        let first = self.next().await.transpose()?;
+        let index = self.header.as_ref().and_then(|h| h.index.clone());
+        let metadata: Vec<(String, String)> = self
+            .header
+            .as_ref()
+            .map(|h| {
+                h.metadata
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.strip_prefix("safetensors.")?.to_string(), v.clone())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut tensors = futures::stream::iter(first.map(Ok)).chain(self);
+        match index {
+            Some(index) => {
+                let (header, offsets) = safetensors_header(&index, &metadata)?;
+                let base = header.len() as u64;
+                let sink = Arc::new(
+                    blocking({
+                        let dest = dest.clone();
+                        move || {
+                            let sink = FileSink::create(dest)?;
+                            sink.write_at(0, &header)?;
+                            Ok(sink)
+                        }
+                    })
+                    .await?,
+                );
+                let mut i = 0;
+                while let Some(t) = tensors.next().await {
+                    let t = t?;
+                    let at = base + offsets.get(i).copied().unwrap_or_default();
+                    i += 1;
+                    let s = Arc::clone(&sink);
+                    blocking(move || s.write_at(at, t.data())).await?;
+                }
+                let total = base + offsets.last().copied().unwrap_or(0) + last_len(&index);
+                let sink = Arc::try_unwrap(sink).map_err(|_| Error::Protocol("sink still in use"))?;
+                blocking(move || sink.commit(total, true)).await?;
+                Ok(total)
+            }
+            None => {
+                // No index: data to a side file, header composed at the end.
+                let mut side_path = dest.clone().into_os_string();
+                side_path.push(".data");
+                let side = Arc::new(
+                    blocking({
+                        let p = side_path.clone();
+                        move || FileSink::create(p)
+                    })
+                    .await?,
+                );
+                let (mut entries, mut at) = (Vec::new(), 0u64);
+                while let Some(t) = tensors.next().await {
+                    let t = t?;
+                    let s = Arc::clone(&side);
+                    let len = t.data().len() as u64;
+                    entries.push(IndexEntry { name: t.name().into(), dtype: t.dtype(), shape: t.shape().to_vec() });
+                    let data = t.data().clone();
+                    blocking(move || s.write_at(at, &data)).await?;
+                    at += len;
+                }
+                let (header, _) = safetensors_header(&entries, &metadata)?;
+                let side = Arc::try_unwrap(side).map_err(|_| Error::Protocol("sink still in use"))?;
+                blocking(move || {
+                    let sink = FileSink::create(&dest)?;
+                    sink.write_at(0, &header)?;
+                    sink.copy_from(side.part_path(), header.len() as u64)?;
+                    drop(side);
+                    sink.commit(header.len() as u64 + at, true)?;
+                    Ok(header.len() as u64 + at)
+                })
+                .await
+            }
+        }
+    }
+
+    fn handle(&mut self, frame: Frame) -> Result<Option<Tensor>, Error> {
+        match frame {
+            Frame::ObjectHeader(h) => {
+                if h.mode != Mode::Container {
+                    return Err(Error::Protocol("not a container object"));
+                }
+                self.header = Some(h);
+            }
+            Frame::ItemHeader(h) => self.building = Some(start(h)?),
+            Frame::Chunk(c) => {
+                let b = self.building.as_mut().ok_or(Error::Protocol("chunk outside an item"))?;
+                b.data = match std::mem::replace(&mut b.data, Assembly::Empty) {
+                    Assembly::Empty if c.data.len() == b.len => Assembly::One(c.data),
+                    Assembly::Empty => {
+                        // Reserved from the verified item header's length, within
+                        // Limits::max_item_len; large buffers are committed by the
+                        // OS page by page as data arrives.
+                        let mut v = Vec::with_capacity(b.len);
+                        v.extend_from_slice(&c.data);
+                        Assembly::Many(v)
+                    }
+                    Assembly::One(first) => {
+                        let mut v = Vec::with_capacity(b.len);
+                        v.extend_from_slice(&first);
+                        v.extend_from_slice(&c.data);
+                        Assembly::Many(v)
+                    }
+                    Assembly::Many(mut v) => {
+                        v.extend_from_slice(&c.data);
+                        Assembly::Many(v)
+                    }
+                };
+            }
+            Frame::ItemEnd(_) => {
+                let b = self.building.take().ok_or(Error::Protocol("item end outside an item"))?;
+                let data = match b.data {
+                    Assembly::Empty => Bytes::new(),
+                    Assembly::One(d) => d,
+                    Assembly::Many(v) => Bytes::from(v),
+                };
+                return Ok(Some(Tensor::from_meta(b.meta, data)?));
+            }
+            Frame::ObjectEnd(_) => self.done = true,
+            Frame::Abort(a) => return Err(Error::Aborted { code: a.code, message: a.message }),
+        }
+        Ok(None)
+    }
+}
+
+fn start(h: ItemHeader) -> Result<Building, Error> {
+    if h.encoding != Encoding::Raw {
+        return Err(Error::Tensor {
+            name: h.name,
+            reason: format!("encoding {} is not supported here", h.encoding.scheme()),
+        });
+    }
+    let (Some(dtype), Some(shape)) = (h.dtype, h.shape) else {
+        return Err(Error::Tensor { name: h.name, reason: "an opaque item is not a tensor".into() });
+    };
+    let len = usize::try_from(h.len).map_err(|_| Error::Protocol("item larger than memory"))?;
+    Ok(Building { meta: TensorMeta::new(h.name, dtype, shape), len, data: Assembly::Empty })
+}
+
+impl<S> Stream for ObjectRetriever<S>
+where
+    S: Stream<Item = Result<Frame, Error>> + Unpin,
+{
+    type Item = Result<Tensor, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            let frame = match self.frames.poll_next_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    self.done = true;
+                    // The decoder ends cleanly only after an object end.
+                    return Poll::Ready(Some(Err(Error::Protocol("frames ended before the object end"))));
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(Some(Ok(f))) => f,
+            };
+            match self.handle(frame) {
+                Ok(Some(t)) => return Poll::Ready(Some(Ok(t))),
+                Ok(None) => {}
+                Err(e) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+        }
+    }
+}
+
+/// The safetensors header (length prefix, JSON, space padding to 8 bytes)
+/// for tensors laid out back to back in `entries` order, and each tensor's
+/// data offset.
+fn safetensors_header(entries: &[IndexEntry], metadata: &[(String, String)]) -> Result<(Vec<u8>, Vec<u64>), Error> {
+    let mut offsets = Vec::with_capacity(entries.len());
+    let mut infos = Vec::with_capacity(entries.len());
+    let mut at = 0usize;
+    for e in entries {
+        let meta = TensorMeta::new(e.name.clone(), e.dtype, e.shape.clone());
+        let len = meta.byte_len().and_then(|l| usize::try_from(l).ok());
+        let len = len.ok_or_else(|| Error::Tensor { name: e.name.clone(), reason: "size overflows".into() })?;
+        offsets.push(at as u64);
+        let shape = e.shape.iter().map(|&d| d as usize).collect();
+        infos.push((
+            e.name.clone(),
+            safetensors::tensor::TensorInfo { dtype: to_safetensors(e.dtype), shape, data_offsets: (at, at + len) },
+        ));
+        at += len;
+    }
+    let meta_map = (!metadata.is_empty()).then(|| metadata.iter().cloned().collect());
+    let meta = safetensors::tensor::Metadata::new(meta_map, infos)?;
+    let mut json = serde_json::to_vec(&meta).map_err(|e| Error::Io(std::io::Error::other(e)))?;
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = (json.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&json);
+    Ok((out, offsets))
+}
+
+fn last_len(index: &[IndexEntry]) -> u64 {
+    index.last().and_then(|e| TensorMeta::new(e.name.clone(), e.dtype, e.shape.clone()).byte_len()).unwrap_or(0)
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Io(std::io::Error::other(e)))?
+}
