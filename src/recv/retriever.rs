@@ -31,7 +31,6 @@ use crate::Error;
 /// ```
 /// use std::sync::Arc;
 /// use bytes::Bytes;
-/// use futures::StreamExt;
 /// use tensorwire::recv::ObjectRetriever;
 /// use tensorwire::send::ContainerStreamer;
 /// use tensorwire::tensor::{Dtype, Tensor, TensorMap};
