@@ -91,6 +91,21 @@ fn serve_get_put_inspect() {
     assert!(!missing.status.success());
     assert_eq!(String::from_utf8_lossy(&missing.stderr).lines().count(), 1);
 
+    // Container mode: tensor by tensor into a safetensors file.
+    let ctr = dir.join("ctr.safetensors");
+    let get = Command::new(bin)
+        .args(["get", "--mode", "container", "--items", "layer.weight"])
+        .arg(format!("{url_base}model.safetensors"))
+        .arg("-o")
+        .arg(&ctr)
+        .output()
+        .expect("run get");
+    assert!(get.status.success(), "{}", String::from_utf8_lossy(&get.stderr));
+    let written = std::fs::read(&ctr).expect("read");
+    let st = safetensors::SafeTensors::deserialize(&written).expect("valid safetensors");
+    assert_eq!(st.names(), ["layer.weight"]);
+    assert_eq!(st.tensor("layer.weight").expect("tensor").data(), &[1u8; 24]);
+
     let inspect = Command::new(bin).arg("inspect").arg(&out).output().expect("run inspect");
     let text = String::from_utf8_lossy(&inspect.stdout);
     assert!(inspect.status.success());

@@ -53,6 +53,13 @@ enum Command {
         /// The file to write.
         #[arg(short, long)]
         output: PathBuf,
+        /// `file`: the object's bytes as they are; `container`: tensor by
+        /// tensor, written into a safetensors file as they arrive.
+        #[arg(long, value_enum, default_value_t = GetMode::File)]
+        mode: GetMode,
+        /// Container mode: only these tensors, in this order (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        items: Option<Vec<String>>,
         #[command(flatten)]
         tuning: Tuning,
     },
@@ -78,6 +85,15 @@ enum Command {
         #[arg(long)]
         chunks: bool,
     },
+}
+
+/// How `get` asks for an object.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum GetMode {
+    /// The object's bytes.
+    File,
+    /// One tensor at a time, into a safetensors file.
+    Container,
 }
 
 /// Transfer tuning shared by the network commands.
@@ -153,7 +169,7 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> Result<(), BoxError> {
     match command {
         Command::Serve { root, addr, read_only, tuning } => serve(root, addr, read_only, tuning.config()).await,
-        Command::Get { url, output, tuning } => get(&url, output, tuning).await,
+        Command::Get { url, output, mode, items, tuning } => get(&url, output, mode, items, tuning).await,
         Command::Put { file, url, tuning } => put(file, &url, tuning).await,
         Command::Inspect { file } => inspect(file),
         Command::Frames { object, chunks } => frames(&object, chunks),
@@ -216,18 +232,38 @@ fn options(what: &str) -> (TransferOptions, Option<indicatif::ProgressBar>) {
     (opts, Some(bar))
 }
 
-async fn get(url: &str, output: PathBuf, tuning: Tuning) -> Result<(), BoxError> {
+async fn get(
+    url: &str,
+    output: PathBuf,
+    mode: GetMode,
+    items: Option<Vec<String>>,
+    tuning: Tuning,
+) -> Result<(), BoxError> {
     let (addr, name) = parse_url(url)?;
     let client = Client::connect(&addr, tuning.config()).await.map_err(|e| format!("{addr}: {e}"))?;
     let (mut opts, bar) = options(&name);
     opts.chunk_size = tuning.chunk_size;
     let started = std::time::Instant::now();
-    let result = client.get_file_with(&name, &output, &opts).await;
+    let result = match mode {
+        GetMode::File if items.is_some() => Err("--items needs --mode container".into()),
+        GetMode::File => client.get_file_with(&name, &output, &opts).await.map(|got| got.len).map_err(BoxError::from),
+        GetMode::Container => {
+            let cancel = opts.cancel.clone().unwrap_or_default();
+            let work = async {
+                let retriever = client.retrieve(&name, items.as_deref(), &opts).await?;
+                retriever.write_safetensors(&output).await
+            };
+            tokio::select! {
+                r = work => r.map_err(BoxError::from),
+                _ = cancel.cancelled() => Err("cancelled".into()),
+            }
+        }
+    };
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let got = result?;
-    summary("received", got.len, started, &output.display().to_string());
+    let len = result?;
+    summary("received", len, started, &output.display().to_string());
     Ok(())
 }
 

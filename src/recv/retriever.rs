@@ -104,12 +104,13 @@ where
         Ok(map)
     }
 
-    /// Writes the tensors into a safetensors file as they arrive: into
-    /// `<dest>.part`, which is validated, synced and renamed over `dest` only
-    /// when the object is complete. With an index in the object header the
-    /// file header is written first and each tensor at its offset; without
-    /// one, tensors go to a side file and are copied after the header at the
-    /// end (kernel-side, no user-space buffer). Memory: one tensor.
+    /// Writes the tensors into a safetensors file as they arrive, chunk by
+    /// chunk: into `<dest>.part`, which is validated, synced and renamed over
+    /// `dest` only when the object is complete. With an index in the object
+    /// header the file header is written first and every chunk at its final
+    /// offset; without one, the data goes to a side file and is copied after
+    /// the header at the end (kernel-side, no user-space buffer). Memory: one
+    /// chunk, not one tensor. Returns the file's length.
     ///
     /// # Errors
     ///
@@ -117,82 +118,77 @@ where
     /// is then left as it was.
     pub async fn write_safetensors(mut self, dest: impl AsRef<Path>) -> Result<u64, Error> {
         let dest = dest.as_ref().to_path_buf();
-        // The header arrives with the first frame.
-        let first = self.next().await.transpose()?;
-        let index = self.header.as_ref().and_then(|h| h.index.clone());
-        let metadata: Vec<(String, String)> = self
-            .header
-            .as_ref()
-            .map(|h| {
-                h.metadata
-                    .iter()
-                    .filter_map(|(k, v)| Some((k.strip_prefix("safetensors.")?.to_string(), v.clone())))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut tensors = futures::stream::iter(first.map(Ok)).chain(self);
-        match index {
-            Some(index) => {
-                let (header, offsets) = safetensors_header(&index, &metadata)?;
-                let base = header.len() as u64;
-                let sink = Arc::new(
-                    blocking({
-                        let dest = dest.clone();
-                        move || {
-                            let sink = FileSink::create(dest)?;
-                            sink.write_at(0, &header)?;
-                            Ok(sink)
-                        }
-                    })
-                    .await?,
-                );
-                let mut i = 0;
-                while let Some(t) = tensors.next().await {
-                    let t = t?;
-                    let at = base + offsets.get(i).copied().unwrap_or_default();
-                    i += 1;
-                    let s = Arc::clone(&sink);
-                    blocking(move || s.write_at(at, t.data())).await?;
-                }
-                let total = base + offsets.last().copied().unwrap_or(0) + last_len(&index);
-                let sink = Arc::try_unwrap(sink).map_err(|_| Error::Protocol("sink still in use"))?;
-                blocking(move || sink.commit(total, true)).await?;
-                Ok(total)
+        let header = match self.frames.next().await.transpose()? {
+            Some(Frame::ObjectHeader(h)) if h.mode == Mode::Container => h,
+            Some(Frame::Abort(a)) => return Err(Error::Aborted { code: a.code, message: a.message }),
+            _ => return Err(Error::Protocol("not a container object")),
+        };
+        let metadata: Vec<(String, String)> = header
+            .metadata
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("safetensors.")?.to_string(), v.clone())))
+            .collect();
+        // With an index, the final layout is known now; without, the data is
+        // laid out back to back in a side file.
+        let layout = header.index.as_ref().map(|index| safetensors_header(index, &metadata)).transpose()?;
+        let target = match &layout {
+            Some(_) => dest.clone(),
+            None => side_path(&dest),
+        };
+        let sink = Arc::new(blocking(move || FileSink::create(target)).await?);
+        let base = match &layout {
+            Some((head, _)) => {
+                let (s, head) = (Arc::clone(&sink), head.clone());
+                let len = head.len() as u64;
+                blocking(move || s.write_at(0, &head)).await?;
+                len
             }
-            None => {
-                // No index: data to a side file, header composed at the end.
-                let mut side_path = dest.clone().into_os_string();
-                side_path.push(".data");
-                let side = Arc::new(
-                    blocking({
-                        let p = side_path.clone();
-                        move || FileSink::create(p)
-                    })
-                    .await?,
-                );
-                let (mut entries, mut at) = (Vec::new(), 0u64);
-                while let Some(t) = tensors.next().await {
-                    let t = t?;
-                    let s = Arc::clone(&side);
-                    let len = t.data().len() as u64;
-                    entries.push(IndexEntry { name: t.name().into(), dtype: t.dtype(), shape: t.shape().to_vec() });
-                    let data = t.data().clone();
-                    blocking(move || s.write_at(at, &data)).await?;
-                    at += len;
+            None => 0,
+        };
+        let (mut entries, mut item_at, mut end) = (Vec::new(), 0u64, 0u64);
+        while let Some(frame) = self.frames.next().await {
+            match frame? {
+                Frame::ItemHeader(h) => {
+                    let b = start(h)?;
+                    item_at = match &layout {
+                        Some((_, offsets)) => offsets.get(entries.len()).copied().unwrap_or(end),
+                        None => end,
+                    };
+                    end = item_at + b.len as u64;
+                    entries.push(IndexEntry { name: b.meta.name, dtype: b.meta.dtype, shape: b.meta.shape });
                 }
-                let (header, _) = safetensors_header(&entries, &metadata)?;
-                let side = Arc::try_unwrap(side).map_err(|_| Error::Protocol("sink still in use"))?;
-                blocking(move || {
-                    let sink = FileSink::create(&dest)?;
-                    sink.write_at(0, &header)?;
-                    sink.copy_from(side.part_path(), header.len() as u64)?;
-                    drop(side);
-                    sink.commit(header.len() as u64 + at, true)?;
-                    Ok(header.len() as u64 + at)
-                })
-                .await
+                Frame::Chunk(c) => {
+                    let s = Arc::clone(&sink);
+                    let at = base + item_at + c.offset;
+                    blocking(move || s.write_at(at, &c.data)).await?;
+                }
+                Frame::ObjectEnd(_) => {
+                    let sink = Arc::try_unwrap(sink).map_err(|_| Error::Protocol("sink still in use"))?;
+                    return match layout {
+                        Some((head, _)) => {
+                            let total = head.len() as u64 + end;
+                            blocking(move || sink.commit(total, true)).await?;
+                            Ok(total)
+                        }
+                        None => {
+                            let (head, _) = safetensors_header(&entries, &metadata)?;
+                            blocking(move || {
+                                let out = FileSink::create(&dest)?;
+                                out.write_at(0, &head)?;
+                                out.copy_from(sink.part_path(), head.len() as u64)?;
+                                drop(sink);
+                                out.commit(head.len() as u64 + end, true)?;
+                                Ok(head.len() as u64 + end)
+                            })
+                            .await
+                        }
+                    };
+                }
+                Frame::Abort(a) => return Err(Error::Aborted { code: a.code, message: a.message }),
+                Frame::ItemEnd(_) | Frame::ObjectHeader(_) => {}
             }
         }
+        Err(Error::Protocol("frames ended before the object end"))
     }
 
     fn handle(&mut self, frame: Frame) -> Result<Option<Tensor>, Error> {
@@ -322,8 +318,11 @@ fn safetensors_header(entries: &[IndexEntry], metadata: &[(String, String)]) -> 
     Ok((out, offsets))
 }
 
-fn last_len(index: &[IndexEntry]) -> u64 {
-    index.last().and_then(|e| TensorMeta::new(e.name.clone(), e.dtype, e.shape.clone()).byte_len()).unwrap_or(0)
+/// Where tensors go when the layout is not known up front.
+fn side_path(dest: &Path) -> std::path::PathBuf {
+    let mut p = dest.as_os_str().to_owned();
+    p.push(".data");
+    p.into()
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
