@@ -80,6 +80,7 @@ mod error;
 #[cfg(any(test, fuzzing))]
 pub mod fuzz;
 pub mod models;
+pub mod quant;
 pub mod recv;
 pub mod send;
 pub mod tensor;

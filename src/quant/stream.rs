@@ -1,0 +1,257 @@
+//! [`Scheme`], [`Encoded`] tensors, and the [`QuantizeExt`] stream adapter.
+
+use std::ops::Range;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::Stream;
+
+use super::{element_bytes, encode_span};
+use crate::tensor::{Tensor, TensorMeta};
+use crate::wire::{Dtype, Encoding};
+use crate::Error;
+
+/// A quantization scheme, as NVFlare names them (SPEC.md §5.4).
+///
+/// ```
+/// use tensorwire::quant::Scheme;
+/// use tensorwire::tensor::Dtype;
+/// use tensorwire::wire::Encoding;
+/// assert_eq!(Scheme::parse("nf4"), Some(Scheme::Nf4));
+/// assert_eq!(Scheme::Nf4.encoding_for(Dtype::BF16), Encoding::Nf4 { block_size: 64, nested: false });
+/// // Schemes that would not shrink a tensor leave it raw, as in NVFlare.
+/// assert_eq!(Scheme::Fp16.encoding_for(Dtype::BF16), Encoding::Raw);
+/// assert_eq!(Scheme::Blockwise8.encoding_for(Dtype::I64), Encoding::Raw);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Scheme {
+    /// IEEE half precision, clipped to ±65504 (NVFlare's "float16").
+    Fp16,
+    /// bfloat16.
+    Bf16,
+    /// bitsandbytes blockwise 8-bit, block 4096.
+    Blockwise8,
+    /// bitsandbytes fp4, block 64.
+    Fp4,
+    /// bitsandbytes nf4, block 64.
+    Nf4,
+    /// fp4 with the absmax double-quantized (a tensorwire extension).
+    Fp4Nested,
+    /// nf4 with the absmax double-quantized (a tensorwire extension).
+    Nf4Nested,
+}
+
+impl Scheme {
+    /// Every scheme.
+    pub const ALL: [Scheme; 7] = [
+        Scheme::Fp16,
+        Scheme::Bf16,
+        Scheme::Blockwise8,
+        Scheme::Fp4,
+        Scheme::Nf4,
+        Scheme::Fp4Nested,
+        Scheme::Nf4Nested,
+    ];
+
+    /// Parses `fp16`, `bf16`, `blockwise8`, `fp4`, `nf4`, `fp4-nested`,
+    /// `nf4-nested` (NVFlare's `float16`, `float4`, `normfloat4` too).
+    pub fn parse(s: &str) -> Option<Scheme> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "fp16" | "float16" => Scheme::Fp16,
+            "bf16" | "bfloat16" => Scheme::Bf16,
+            "blockwise8" => Scheme::Blockwise8,
+            "fp4" | "float4" => Scheme::Fp4,
+            "nf4" | "normfloat4" => Scheme::Nf4,
+            "fp4-nested" => Scheme::Fp4Nested,
+            "nf4-nested" => Scheme::Nf4Nested,
+            _ => return None,
+        })
+    }
+
+    /// The name [`Scheme::parse`] takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Fp16 => "fp16",
+            Scheme::Bf16 => "bf16",
+            Scheme::Blockwise8 => "blockwise8",
+            Scheme::Fp4 => "fp4",
+            Scheme::Nf4 => "nf4",
+            Scheme::Fp4Nested => "fp4-nested",
+            Scheme::Nf4Nested => "nf4-nested",
+        }
+    }
+
+    /// Bits per value on the wire (without the absmax).
+    pub fn bits(self) -> u32 {
+        match self {
+            Scheme::Fp16 | Scheme::Bf16 => 16,
+            Scheme::Blockwise8 => 8,
+            _ => 4,
+        }
+    }
+
+    /// How a tensor of `dtype` travels under this scheme: [`Encoding::Raw`]
+    /// when the scheme would not shrink it or it is not a float tensor
+    /// (NVFlare's rule: only when the scheme has fewer bits than the source).
+    pub fn encoding_for(self, dtype: Dtype) -> Encoding {
+        let applies = match self {
+            Scheme::Fp16 | Scheme::Bf16 => matches!(dtype, Dtype::F32 | Dtype::F64),
+            _ => dtype.is_quantizable(),
+        };
+        if !applies || self.bits() >= dtype.bits() {
+            return Encoding::Raw;
+        }
+        match self {
+            Scheme::Fp16 => Encoding::Fp16,
+            Scheme::Bf16 => Encoding::Bf16,
+            Scheme::Blockwise8 => Encoding::Blockwise8 { block_size: 4096, code: None },
+            Scheme::Fp4 => Encoding::Fp4 { block_size: 64, nested: false },
+            Scheme::Nf4 => Encoding::Nf4 { block_size: 64, nested: false },
+            Scheme::Fp4Nested => Encoding::Fp4 { block_size: 64, nested: true },
+            Scheme::Nf4Nested => Encoding::Nf4 { block_size: 64, nested: true },
+        }
+    }
+}
+
+impl std::fmt::Display for Scheme {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A tensor and the encoding it travels in. The encoded bytes are produced
+/// lazily, record range by record range ([`Encoded::wire_range`]), so a
+/// sender holds one chunk of them, never the whole encoded tensor.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    tensor: Tensor,
+    encoding: Encoding,
+}
+
+impl Encoded {
+    /// A tensor sent as it is.
+    pub fn raw(tensor: Tensor) -> Self {
+        Encoded { tensor, encoding: Encoding::Raw }
+    }
+
+    /// A tensor under `scheme` (raw where the scheme does not apply).
+    pub fn new(tensor: Tensor, scheme: Scheme) -> Self {
+        let encoding = scheme.encoding_for(tensor.dtype());
+        Encoded { tensor, encoding }
+    }
+
+    /// A tensor under an explicit encoding.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Tensor`] when the encoding cannot encode the tensor's dtype.
+    pub fn with_encoding(tensor: Tensor, encoding: Encoding) -> Result<Self, Error> {
+        if let Err(reason) = encoding.check(tensor.dtype()) {
+            return Err(Error::Tensor { name: tensor.name().into(), reason });
+        }
+        Ok(Encoded { tensor, encoding })
+    }
+
+    /// The source tensor.
+    pub fn tensor(&self) -> &Tensor {
+        &self.tensor
+    }
+
+    /// The encoding.
+    pub fn encoding(&self) -> &Encoding {
+        &self.encoding
+    }
+
+    /// The tensor's metadata (what the receiver restores).
+    pub fn meta(&self) -> &TensorMeta {
+        self.tensor.meta()
+    }
+
+    /// Bytes on the wire.
+    pub fn wire_len(&self) -> u64 {
+        let numel = self.meta().numel().unwrap_or(0);
+        self.encoding.encoded_len(numel, self.tensor.dtype()).unwrap_or(0)
+    }
+
+    /// The wire bytes in `range`, which starts on a record boundary and ends
+    /// on one or at the end (SPEC.md §5.6).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Tensor`] when the range is not record-aligned or encoding
+    /// fails.
+    pub fn wire_range(&self, range: Range<usize>) -> Result<Bytes, Error> {
+        encode_range(&self.encoding, self.tensor.meta(), self.tensor.data(), range)
+    }
+}
+
+/// Encodes wire bytes `range` of a tensor whose raw bytes are `src` (SPEC.md
+/// §5.6): the records covering it, from the source elements they hold.
+pub(crate) fn encode_range(
+    encoding: &Encoding,
+    meta: &TensorMeta,
+    src: &Bytes,
+    range: Range<usize>,
+) -> Result<Bytes, Error> {
+    if *encoding == Encoding::Raw {
+        return Ok(src.slice(range));
+    }
+    let bad = |reason: String| Error::Tensor { name: meta.name.clone(), reason };
+    let record = encoding.record_len() as usize;
+    let per_record = elements_per_record(encoding);
+    let width = element_bytes(meta.dtype).ok_or_else(|| bad(format!("{} cannot be quantized", meta.dtype)))?;
+    if range.start % record != 0 {
+        return Err(bad(format!("wire range {range:?} is not aligned to {record}-byte records")));
+    }
+    let numel = src.len() / width;
+    let first = range.start / record * per_record;
+    let last = (range.end.div_ceil(record) * per_record).min(numel);
+    let source =
+        src.get(first * width..last * width).ok_or_else(|| bad(format!("wire range {range:?} is past the end")))?;
+    let wire = encode_span(encoding, meta.dtype, source).map_err(bad)?;
+    if wire.len() != range.len() {
+        return Err(bad(format!("wire range {range:?} is not a whole number of records")));
+    }
+    Ok(Bytes::from(wire))
+}
+
+/// Source elements per wire record.
+pub(crate) fn elements_per_record(encoding: &Encoding) -> usize {
+    match encoding {
+        Encoding::Raw | Encoding::Fp16 | Encoding::Bf16 => 1,
+        Encoding::Blockwise8 { block_size, .. } => *block_size as usize,
+        Encoding::Fp4 { block_size, nested } | Encoding::Nf4 { block_size, nested } => {
+            *block_size as usize * if *nested { crate::wire::meta::NESTED_GROUP_BLOCKS as usize } else { 1 }
+        }
+    }
+}
+
+/// Quantizes a stream of tensors: `tensors.quantize(Scheme::Nf4)`.
+pub trait QuantizeExt: Stream<Item = Result<Tensor, Error>> + Sized {
+    /// Each tensor under `scheme` (raw where the scheme does not apply). The
+    /// encoding itself happens chunk by chunk as the object is sent.
+    fn quantize(self, scheme: Scheme) -> Quantize<Self> {
+        Quantize { inner: self, scheme }
+    }
+}
+
+impl<S: Stream<Item = Result<Tensor, Error>>> QuantizeExt for S {}
+
+/// The stream [`QuantizeExt::quantize`] returns.
+#[derive(Debug)]
+#[must_use = "streams do nothing unless polled"]
+pub struct Quantize<S> {
+    inner: S,
+    scheme: Scheme,
+}
+
+impl<S: Stream<Item = Result<Tensor, Error>> + Unpin> Stream for Quantize<S> {
+    type Item = Result<Encoded, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let scheme = self.scheme;
+        Pin::new(&mut self.inner).poll_next(cx).map(|t| t.map(|t| t.map(|t| Encoded::new(t, scheme))))
+    }
+}
