@@ -60,6 +60,11 @@ enum Command {
         /// Container mode: only these tensors, in this order (comma-separated).
         #[arg(long, value_delimiter = ',')]
         items: Option<Vec<String>>,
+        /// Container mode: the server quantizes float tensors with this
+        /// scheme (fp16, bf16, blockwise8, fp4, nf4, fp4-nested, nf4-nested);
+        /// they are restored to their original dtype here.
+        #[arg(long, value_parser = parse_scheme)]
+        quantize: Option<tensorwire::quant::Scheme>,
         #[command(flatten)]
         tuning: Tuning,
     },
@@ -169,7 +174,9 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> Result<(), BoxError> {
     match command {
         Command::Serve { root, addr, read_only, tuning } => serve(root, addr, read_only, tuning.config()).await,
-        Command::Get { url, output, mode, items, tuning } => get(&url, output, mode, items, tuning).await,
+        Command::Get { url, output, mode, items, quantize, tuning } => {
+            get(&url, output, mode, items, quantize, tuning).await
+        }
         Command::Put { file, url, tuning } => put(file, &url, tuning).await,
         Command::Inspect { file } => inspect(file),
         Command::Frames { object, chunks } => frames(&object, chunks),
@@ -232,20 +239,28 @@ fn options(what: &str) -> (TransferOptions, Option<indicatif::ProgressBar>) {
     (opts, Some(bar))
 }
 
+fn parse_scheme(s: &str) -> Result<tensorwire::quant::Scheme, String> {
+    tensorwire::quant::Scheme::parse(s).ok_or_else(|| format!("unknown scheme {s:?}"))
+}
+
 async fn get(
     url: &str,
     output: PathBuf,
     mode: GetMode,
     items: Option<Vec<String>>,
+    quantize: Option<tensorwire::quant::Scheme>,
     tuning: Tuning,
 ) -> Result<(), BoxError> {
     let (addr, name) = parse_url(url)?;
     let client = Client::connect(&addr, tuning.config()).await.map_err(|e| format!("{addr}: {e}"))?;
     let (mut opts, bar) = options(&name);
     opts.chunk_size = tuning.chunk_size;
+    opts.quantize = quantize;
     let started = std::time::Instant::now();
     let result = match mode {
-        GetMode::File if items.is_some() => Err("--items needs --mode container".into()),
+        GetMode::File if items.is_some() || quantize.is_some() => {
+            Err("--items and --quantize need --mode container".into())
+        }
         GetMode::File => client.get_file_with(&name, &output, &opts).await.map(|got| got.len).map_err(BoxError::from),
         GetMode::Container => {
             let cancel = opts.cancel.clone().unwrap_or_default();

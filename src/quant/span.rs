@@ -57,6 +57,9 @@ fn block_size(b: u32) -> Result<usize, String> {
 /// values, or the 8-bit code table is not the built-in one (custom tables
 /// are accepted for decoding only).
 pub fn encode_span(encoding: &Encoding, dtype: Dtype, src: &[u8]) -> Result<Vec<u8>, String> {
+    if *encoding == Encoding::Raw {
+        return Ok(src.to_vec());
+    }
     let x = read_f32(dtype, src)?;
     let mut out = Vec::with_capacity(encoding.encoded_len(x.len() as u64, dtype).unwrap_or(0) as usize);
     match encoding {
@@ -138,6 +141,10 @@ pub fn decode_span(
             wire.len(),
             encoding.scheme()
         ));
+    }
+    if *encoding == Encoding::Raw {
+        out.extend_from_slice(wire);
+        return Ok(());
     }
     element_bytes(dtype).ok_or_else(|| format!("{dtype} cannot be quantized"))?;
     out.reserve(numel * dtype.bits() as usize / 8);

@@ -183,20 +183,23 @@ impl Encoded {
     /// [`Error::Tensor`] when the range is not record-aligned or encoding
     /// fails.
     pub fn wire_range(&self, range: Range<usize>) -> Result<Bytes, Error> {
-        encode_range(&self.encoding, self.tensor.meta(), self.tensor.data(), range)
+        let data = self.tensor.data();
+        encode_range(&self.encoding, self.tensor.meta(), |r| data.slice(r), data.len(), range)
     }
 }
 
-/// Encodes wire bytes `range` of a tensor whose raw bytes are `src` (SPEC.md
-/// §5.6): the records covering it, from the source elements they hold.
+/// Encodes wire bytes `range` of a tensor (SPEC.md §5.6): the records
+/// covering it, from the source elements they hold, which `raw` returns for
+/// a range of the tensor's raw bytes.
 pub(crate) fn encode_range(
     encoding: &Encoding,
     meta: &TensorMeta,
-    src: &Bytes,
+    raw: impl Fn(Range<usize>) -> Bytes,
+    raw_len: usize,
     range: Range<usize>,
 ) -> Result<Bytes, Error> {
     if *encoding == Encoding::Raw {
-        return Ok(src.slice(range));
+        return Ok(raw(range));
     }
     let bad = |reason: String| Error::Tensor { name: meta.name.clone(), reason };
     let record = encoding.record_len() as usize;
@@ -205,16 +208,39 @@ pub(crate) fn encode_range(
     if range.start % record != 0 {
         return Err(bad(format!("wire range {range:?} is not aligned to {record}-byte records")));
     }
-    let numel = src.len() / width;
+    let numel = raw_len / width;
     let first = range.start / record * per_record;
     let last = (range.end.div_ceil(record) * per_record).min(numel);
-    let source =
-        src.get(first * width..last * width).ok_or_else(|| bad(format!("wire range {range:?} is past the end")))?;
-    let wire = encode_span(encoding, meta.dtype, source).map_err(bad)?;
+    if first > last {
+        return Err(bad(format!("wire range {range:?} is past the end")));
+    }
+    let wire = encode_span(encoding, meta.dtype, &raw(first * width..last * width)).map_err(bad)?;
     if wire.len() != range.len() {
         return Err(bad(format!("wire range {range:?} is not a whole number of records")));
     }
     Ok(Bytes::from(wire))
+}
+
+/// Decodes one chunk of an encoded item: returns where its values start in
+/// the item's raw bytes, and the values in the item's dtype.
+pub(crate) fn decode_chunk(
+    encoding: &Encoding,
+    meta: &TensorMeta,
+    offset: u64,
+    wire: &[u8],
+) -> Result<(u64, Vec<u8>), Error> {
+    let bad = |reason: String| Error::Tensor { name: meta.name.clone(), reason };
+    let width = element_bytes(meta.dtype).ok_or_else(|| bad(format!("{} cannot be quantized", meta.dtype)))? as u64;
+    let record = encoding.record_len();
+    let per_record = elements_per_record(encoding) as u64;
+    let numel = meta.numel().ok_or_else(|| bad("size overflows".into()))?;
+    // SPEC.md §7.2: the decoder checked that chunks are record-aligned.
+    let first = offset / record * per_record;
+    let last = ((offset + wire.len() as u64).div_ceil(record) * per_record).min(numel);
+    let count = usize::try_from(last.saturating_sub(first)).map_err(|_| bad("chunk too large".into()))?;
+    let mut out = Vec::new();
+    super::decode_span(encoding, meta.dtype, wire, count, &mut out).map_err(bad)?;
+    Ok((first * width, out))
 }
 
 /// Source elements per wire record.

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use futures::stream::{Stream, StreamExt};
 
 use super::FileSink;
+use crate::quant::decode_chunk;
 use crate::tensor::{to_safetensors, Tensor, TensorMap, TensorMeta};
 use crate::wire::{Encoding, Frame, IndexEntry, ItemHeader, Mode, ObjectHeader};
 use crate::Error;
@@ -53,7 +54,9 @@ pub struct ObjectRetriever<S> {
 
 struct Building {
     meta: TensorMeta,
+    /// Bytes of the restored tensor.
     len: usize,
+    encoding: Encoding,
     data: Assembly,
 }
 
@@ -146,6 +149,7 @@ where
             None => 0,
         };
         let (mut entries, mut item_at, mut end) = (Vec::new(), 0u64, 0u64);
+        let mut current: Option<Building> = None;
         while let Some(frame) = self.frames.next().await {
             match frame? {
                 Frame::ItemHeader(h) => {
@@ -155,12 +159,24 @@ where
                         None => end,
                     };
                     end = item_at + b.len as u64;
-                    entries.push(IndexEntry { name: b.meta.name, dtype: b.meta.dtype, shape: b.meta.shape });
+                    entries.push(IndexEntry {
+                        name: b.meta.name.clone(),
+                        dtype: b.meta.dtype,
+                        shape: b.meta.shape.clone(),
+                    });
+                    current = Some(b);
                 }
                 Frame::Chunk(c) => {
+                    let b = current.as_ref().ok_or(Error::Protocol("chunk outside an item"))?;
+                    let (at, data) = if b.encoding == Encoding::Raw {
+                        (c.offset, c.data)
+                    } else {
+                        let (at, values) = decode_chunk(&b.encoding, &b.meta, c.offset, &c.data)?;
+                        (at, Bytes::from(values))
+                    };
                     let s = Arc::clone(&sink);
-                    let at = base + item_at + c.offset;
-                    blocking(move || s.write_at(at, &c.data)).await?;
+                    let at = base + item_at + at;
+                    blocking(move || s.write_at(at, &data)).await?;
                 }
                 Frame::ObjectEnd(_) => {
                     let sink = Arc::try_unwrap(sink).map_err(|_| Error::Protocol("sink still in use"))?;
@@ -200,8 +216,13 @@ where
                 self.header = Some(h);
             }
             Frame::ItemHeader(h) => self.building = Some(start(h)?),
-            Frame::Chunk(c) => {
+            Frame::Chunk(mut c) => {
                 let b = self.building.as_mut().ok_or(Error::Protocol("chunk outside an item"))?;
+                if b.encoding != Encoding::Raw {
+                    // Restored chunk by chunk: the encoded item is never held whole.
+                    let (_, values) = decode_chunk(&b.encoding, &b.meta, c.offset, &c.data)?;
+                    c.data = Bytes::from(values);
+                }
                 b.data = match std::mem::replace(&mut b.data, Assembly::Empty) {
                     Assembly::Empty if c.data.len() == b.len => Assembly::One(c.data),
                     Assembly::Empty => {
@@ -241,17 +262,14 @@ where
 }
 
 fn start(h: ItemHeader) -> Result<Building, Error> {
-    if h.encoding != Encoding::Raw {
-        return Err(Error::Tensor {
-            name: h.name,
-            reason: format!("encoding {} is not supported here", h.encoding.scheme()),
-        });
-    }
     let (Some(dtype), Some(shape)) = (h.dtype, h.shape) else {
         return Err(Error::Tensor { name: h.name, reason: "an opaque item is not a tensor".into() });
     };
-    let len = usize::try_from(h.len).map_err(|_| Error::Protocol("item larger than memory"))?;
-    Ok(Building { meta: TensorMeta::new(h.name, dtype, shape), len, data: Assembly::Empty })
+    let meta = TensorMeta::new(h.name, dtype, shape);
+    // The restored size; the decoder has checked it against the item's length.
+    let len =
+        meta.byte_len().and_then(|l| usize::try_from(l).ok()).ok_or(Error::Protocol("item larger than memory"))?;
+    Ok(Building { meta, len, encoding: h.encoding, data: Assembly::Empty })
 }
 
 impl<S> Stream for ObjectRetriever<S>

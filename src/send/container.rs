@@ -10,8 +10,9 @@ use futures::stream::{BoxStream, Stream, StreamExt};
 use memmap2::Mmap;
 
 use super::file::{map_file, window};
+use crate::quant::{encode_range, Encoded, Scheme};
 use crate::tensor::{from_safetensors, Tensor, TensorMap, TensorMeta};
-use crate::wire::{Abort, AbortCode, Frame, IndexEntry, Mode, ObjectEncoder, ObjectHeader};
+use crate::wire::{Abort, AbortCode, Encoding, Frame, IndexEntry, ItemHeader, Mode, ObjectEncoder, ObjectHeader};
 use crate::Error;
 
 /// The largest index an object header carries (SPEC.md §5.1): beyond this
@@ -61,41 +62,80 @@ pub struct ContainerStreamer {
     source: Source,
     chunk: usize,
     metadata: std::collections::BTreeMap<String, String>,
+    scheme: Option<Scheme>,
 }
 
 enum Source {
     /// Tensors known up front, in the order they are sent.
     Known(VecDeque<Item>),
     /// Tensors produced lazily; `wanted` filters and checks them.
-    Lazy { stream: BoxStream<'static, Result<Tensor, Error>>, wanted: Option<Vec<String>> },
+    Lazy { stream: BoxStream<'static, Result<Encoded, Error>>, wanted: Option<Vec<String>> },
 }
 
-/// One tensor to send: its metadata and where its bytes come from.
-enum Item {
-    Memory(Tensor),
-    Mapped { meta: TensorMeta, map: Arc<Mmap>, range: Range<usize> },
+/// One tensor to send: its metadata, its encoding, and where its raw bytes
+/// come from.
+struct Item {
+    meta: TensorMeta,
+    encoding: Encoding,
+    data: Data,
+}
+
+enum Data {
+    Memory(Bytes),
+    Mapped { map: Arc<Mmap>, range: Range<usize> },
 }
 
 impl Item {
+    fn memory(e: Encoded) -> Self {
+        let encoding = e.encoding().clone();
+        let (meta, data) = e.tensor().clone().into_parts();
+        Item { meta, encoding, data: Data::Memory(data) }
+    }
+
     fn meta(&self) -> &TensorMeta {
-        match self {
-            Item::Memory(t) => t.meta(),
-            Item::Mapped { meta, .. } => meta,
+        &self.meta
+    }
+
+    fn raw_len(&self) -> usize {
+        match &self.data {
+            Data::Memory(b) => b.len(),
+            Data::Mapped { range, .. } => range.len(),
         }
     }
 
+    /// Bytes on the wire.
     fn len(&self) -> usize {
-        match self {
-            Item::Memory(t) => t.data().len(),
-            Item::Mapped { range, .. } => range.len(),
+        let numel = self.meta.numel().unwrap_or(0);
+        self.encoding.encoded_len(numel, self.meta.dtype).map_or(self.raw_len(), |l| l as usize)
+    }
+
+    /// Raw bytes `r` of the tensor, without copying.
+    fn raw(&self, r: Range<usize>) -> Bytes {
+        match &self.data {
+            Data::Memory(b) => b.slice(r),
+            Data::Mapped { map, range } => window(map, range.start + r.start, range.start + r.end),
         }
     }
 
-    fn slice(&self, r: Range<usize>) -> Bytes {
-        match self {
-            Item::Memory(t) => t.data().slice(r),
-            Item::Mapped { map, range, .. } => window(map, range.start + r.start, range.start + r.end),
+    /// Wire bytes `r`: raw bytes as they are, or the records covering `r`
+    /// encoded from the source elements they hold (SPEC.md §5.6).
+    fn slice(&self, r: Range<usize>) -> Result<Bytes, Error> {
+        if self.encoding == Encoding::Raw {
+            return Ok(self.raw(r));
         }
+        encode_range(&self.encoding, &self.meta, |raw| self.raw(raw), self.raw_len(), r)
+    }
+
+    /// The item's record size: chunks are multiples of it.
+    fn record(&self) -> usize {
+        self.encoding.record_len() as usize
+    }
+
+    fn header(&self) -> ItemHeader {
+        let mut h = self.meta.item_header(0);
+        h.len = self.len() as u64;
+        h.encoding = self.encoding.clone();
+        h
     }
 }
 
@@ -116,7 +156,7 @@ impl std::fmt::Debug for ContainerStreamer {
 impl ContainerStreamer {
     /// Streams the tensors of an in-memory map, in name order.
     pub fn from_map(name: impl Into<String>, map: Arc<TensorMap>) -> Self {
-        let items = map.values().cloned().map(Item::Memory).collect();
+        let items = map.values().cloned().map(|t| Item::memory(Encoded::raw(t))).collect();
         Self::new(name.into(), Source::Known(items))
     }
 
@@ -126,7 +166,30 @@ impl ContainerStreamer {
         name: impl Into<String>,
         tensors: impl Stream<Item = Result<Tensor, Error>> + Send + 'static,
     ) -> Self {
+        Self::from_encoded(name, tensors.map(|t| t.map(Encoded::raw)))
+    }
+
+    /// Streams tensors with their encodings, as
+    /// [`QuantizeExt::quantize`](crate::quant::QuantizeExt::quantize)
+    /// produces them: `ContainerStreamer::from_encoded("m", tensors.quantize(Scheme::Nf4))`.
+    pub fn from_encoded(
+        name: impl Into<String>,
+        tensors: impl Stream<Item = Result<Encoded, Error>> + Send + 'static,
+    ) -> Self {
         Self::new(name.into(), Source::Lazy { stream: tensors.boxed(), wanted: None })
+    }
+
+    /// Quantizes every tensor under `scheme` (those it would not shrink,
+    /// and non-float ones, go raw). Encoding happens chunk by chunk as the
+    /// object is sent: the sender holds one encoded chunk, not one tensor.
+    pub fn quantize(mut self, scheme: Scheme) -> Self {
+        self.scheme = Some(scheme);
+        if let Source::Known(items) = &mut self.source {
+            for item in items.iter_mut().filter(|i| i.encoding == Encoding::Raw) {
+                item.encoding = scheme.encoding_for(item.meta.dtype);
+            }
+        }
+        self
     }
 
     /// Maps a safetensors file and streams its tensors in file order; the
@@ -151,7 +214,12 @@ impl ContainerStreamer {
             })?;
             let shape = info.shape.iter().map(|&d| d as u64).collect();
             let range = base + info.data_offsets.0..base + info.data_offsets.1;
-            items.push_back(Item::Mapped { meta: TensorMeta::new(name, dtype, shape), map: Arc::clone(&map), range });
+            let meta = TensorMeta::new(name, dtype, shape);
+            items.push_back(Item {
+                meta,
+                encoding: Encoding::Raw,
+                data: Data::Mapped { map: Arc::clone(&map), range },
+            });
         }
         let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let mut streamer = Self::new(file_name, Source::Known(items));
@@ -167,6 +235,7 @@ impl ContainerStreamer {
             source,
             chunk: crate::wire::DEFAULT_CHUNK_BYTES as usize,
             metadata: Default::default(),
+            scheme: None,
         }
     }
 
@@ -279,8 +348,11 @@ impl Frames {
         }
         if let Some((item, sent)) = &mut self.open {
             if *sent < item.len() {
-                let end = (*sent + self.streamer.chunk).min(item.len());
-                let data = item.slice(*sent..end);
+                // SPEC.md §7.2: chunks of encoded items are whole records.
+                let record = item.record();
+                let chunk = (self.streamer.chunk / record).max(1) * record;
+                let end = (*sent + chunk).min(item.len());
+                let data = item.slice(*sent..end)?;
                 *sent = end;
                 return Ok(self.enc.chunk(data)?);
             }
@@ -289,7 +361,7 @@ impl Frames {
         }
         match self.next_item().await? {
             Some(item) => {
-                let header = item.meta().item_header(0);
+                let header = item.header();
                 self.open = Some((item, 0));
                 Ok(self.enc.item_header(header)?)
             }
@@ -306,16 +378,21 @@ impl Frames {
     }
 
     async fn next_item(&mut self) -> Result<Option<Item>, Error> {
+        let scheme = self.streamer.scheme;
         match &mut self.streamer.source {
             Source::Known(items) => Ok(items.pop_front()),
             Source::Lazy { stream, wanted } => loop {
-                let Some(t) = stream.next().await.transpose()? else { return Ok(None) };
+                let Some(e) = stream.next().await.transpose()? else { return Ok(None) };
+                let mut item = Item::memory(e);
+                if let (Some(s), Encoding::Raw) = (scheme, &item.encoding) {
+                    item.encoding = s.encoding_for(item.meta.dtype);
+                }
                 match wanted {
-                    None => return Ok(Some(Item::Memory(t))),
+                    None => return Ok(Some(item)),
                     Some(w) => {
-                        if let Some(at) = w.iter().position(|n| n == t.name()) {
+                        if let Some(at) = w.iter().position(|n| *n == item.meta.name) {
                             w.remove(at);
-                            return Ok(Some(Item::Memory(t)));
+                            return Ok(Some(item));
                         }
                     }
                 }

@@ -63,6 +63,9 @@ pub struct TransferOptions {
     pub cancel: Option<CancellationToken>,
     /// Asks the server for chunks of at most this size (pulls only).
     pub chunk_size: Option<u32>,
+    /// Asks the server to quantize float tensors (container pulls only);
+    /// the retriever restores them to their original dtype.
+    pub quantize: Option<crate::quant::Scheme>,
 }
 
 impl std::fmt::Debug for TransferOptions {
@@ -71,6 +74,7 @@ impl std::fmt::Debug for TransferOptions {
             .field("progress", &self.progress.is_some())
             .field("cancel", &self.cancel)
             .field("chunk_size", &self.chunk_size)
+            .field("quantize", &self.quantize)
             .finish()
     }
 }
@@ -244,6 +248,9 @@ impl Client {
         opts: &TransferOptions,
     ) -> Result<ObjectRetriever<FrameStream>, Error> {
         let mut query = vec!["mode=container".to_string()];
+        if let Some(scheme) = opts.quantize {
+            query.push(format!("quantize={scheme}"));
+        }
         if let Some(items) = items {
             let encoded: Vec<String> =
                 items.iter().map(|n| percent_encoding::utf8_percent_encode(n, QUERY_VALUE).to_string()).collect();

@@ -269,17 +269,26 @@ async fn get(
         Some(list) => Some(decode_list(list)?),
         None => None,
     };
+    let quantize = match query(req, "quantize") {
+        Some(q) => Some(
+            crate::quant::Scheme::parse(q)
+                .ok_or_else(|| Reply::status(StatusCode::BAD_REQUEST, format!("unknown quantization scheme {q:?}")))?,
+        ),
+        None => None,
+    };
     let container = shared.registry.container(&name);
     let mode = query(req, "mode").unwrap_or(if container.is_some() { "container" } else { "file" });
     let (frames, len, count): (futures::stream::BoxStream<'static, Result<Frame, Error>>, Option<u64>, Option<u64>) =
         match (mode, container) {
-            ("container", Some(model)) => container_frames(ContainerStreamer::from_map(name, model), chunk, items)?,
+            ("container", Some(model)) => {
+                container_frames(ContainerStreamer::from_map(name, model), chunk, items, quantize)?
+            }
             ("container", None) => {
                 let path = shared.registry.resolve(&name)?;
                 let streamer = blocking(move || ContainerStreamer::open_safetensors(path)).await?.with_name(name);
-                container_frames(streamer, chunk, items)?
+                container_frames(streamer, chunk, items, quantize)?
             }
-            ("file", None) if items.is_none() => {
+            ("file", None) if items.is_none() && quantize.is_none() => {
                 let path = shared.registry.resolve(&name)?;
                 let streamer = blocking(move || FileStreamer::open(path)).await?;
                 let streamer = streamer.with_name(name).with_chunk_size(chunk);
@@ -317,10 +326,14 @@ fn container_frames(
     streamer: ContainerStreamer,
     chunk: usize,
     items: Option<Vec<String>>,
+    quantize: Option<crate::quant::Scheme>,
 ) -> Result<(Frames, Option<u64>, Option<u64>), Reply> {
     let mut streamer = streamer.with_chunk_size(chunk);
     if let Some(items) = items {
         streamer = streamer.select(&items)?;
+    }
+    if let Some(scheme) = quantize {
+        streamer = streamer.quantize(scheme);
     }
     let header = streamer.object_header();
     Ok((streamer.frames().boxed(), header.total_len, header.items))
