@@ -180,8 +180,11 @@ async fn cancellation_reaches_the_server() {
     let client = server.client(small_config()).await;
     let token = CancellationToken::new();
     let trigger = token.clone();
-    let opts =
-        TransferOptions { progress: Some(Arc::new(move |_| trigger.cancel())), cancel: Some(token), chunk_size: None };
+    let opts = TransferOptions {
+        progress: Some(Arc::new(move |_| trigger.cancel())),
+        cancel: Some(token),
+        ..TransferOptions::default()
+    };
     let err = client.get_file_with("big.bin", dst.join("big.bin"), &opts).await.expect_err("cancelled");
     assert!(matches!(err, Error::Cancelled), "{err}");
     // The server sees the reset and stops sending well before 64 MiB.
