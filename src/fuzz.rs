@@ -71,6 +71,30 @@ pub fn roundtrip(frame: Frame) {
     }
 }
 
+/// `dequantize`: arbitrary encodings, dtypes, element counts and bytes into
+/// every dequantizer must give a value or an error, never a panic.
+pub fn dequantize(data: &[u8]) {
+    use arbitrary::{Arbitrary, Unstructured};
+
+    use crate::wire::{Dtype, Encoding};
+
+    let mut u = Unstructured::new(data);
+    let (Ok(encoding), Ok(dtype), Ok(numel)) =
+        (Encoding::arbitrary(&mut u), Dtype::arbitrary(&mut u), u.int_in_range(0usize..=20_000))
+    else {
+        return;
+    };
+    let wire = u.take_rest();
+    let mut out = Vec::new();
+    if crate::quant::decode_span(&encoding, dtype, wire, numel, &mut out).is_ok() {
+        assert_eq!(out.len() as u64 * 8, numel as u64 * u64::from(dtype.bits()), "wrong output length");
+    }
+    // The same bytes as a chunk of a tensor, at an arbitrary record.
+    let meta = crate::tensor::TensorMeta::new("t", dtype, vec![numel as u64]);
+    let offset = encoding.record_len() * (numel as u64 % 7);
+    let _ = crate::quant::decode_chunk(&encoding, &meta, offset, wire);
+}
+
 /// Encoded objects that seed the `decode_frames` corpus: valid ones of each
 /// mode, and damaged copies of them.
 pub fn seed_objects() -> Vec<Vec<u8>> {
@@ -188,6 +212,15 @@ mod tests {
         assert!(seeds.len() >= 5, "seed corpus too small");
         for seed in seeds {
             super::decode_frames(&seed);
+        }
+    }
+
+    #[test]
+    fn replay_dequantize_corpus() {
+        let seeds = corpus("dequantize");
+        assert!(seeds.len() >= 3, "seed corpus too small");
+        for seed in seeds {
+            super::dequantize(&seed);
         }
     }
 

@@ -223,12 +223,11 @@ pub(crate) fn encode_range(
 
 /// Decodes one chunk of an encoded item: returns where its values start in
 /// the item's raw bytes, and the values in the item's dtype.
-pub(crate) fn decode_chunk(
-    encoding: &Encoding,
-    meta: &TensorMeta,
-    offset: u64,
-    wire: &[u8],
-) -> Result<(u64, Vec<u8>), Error> {
+///
+/// # Errors
+///
+/// [`Error::Tensor`] when the bytes are not the records the offset implies.
+pub fn decode_chunk(encoding: &Encoding, meta: &TensorMeta, offset: u64, wire: &[u8]) -> Result<(u64, Vec<u8>), Error> {
     let bad = |reason: String| Error::Tensor { name: meta.name.clone(), reason };
     let width = element_bytes(meta.dtype).ok_or_else(|| bad(format!("{} cannot be quantized", meta.dtype)))? as u64;
     let record = encoding.record_len();

@@ -246,7 +246,8 @@ impl Encoding {
             Encoding::Fp16 | Encoding::Bf16 => numel.checked_mul(2),
             _ => {
                 let (block, bits, nested) = self.blocks()?;
-                let blocks = numel.div_ceil(block);
+                // An invalid block size of 0 has no length (check() rejects it).
+                let blocks = numel.div_ceil(std::num::NonZeroU64::new(block)?.get());
                 let codes = numel.checked_mul(bits)?.div_ceil(8);
                 let scales = if nested {
                     // One offset and one absmax2 per group, one code byte per block.
@@ -478,6 +479,8 @@ mod tests {
         // Nested: 8 bytes per 256-block group plus one byte per block.
         let nf4 = Encoding::Nf4 { block_size: 64, nested: true };
         assert_eq!(nf4.encoded_len(64 * 257, Dtype::F32), Some(32 * 257 + 2 * 8 + 257));
+        // A zero block size (rejected by check()) has no length rather than a panic.
+        assert_eq!(Encoding::Nf4 { block_size: 0, nested: false }.encoded_len(10, Dtype::F32), None);
         // Sub-byte raw dtypes must fill whole bytes.
         assert_eq!(Encoding::Raw.encoded_len(3, Dtype::F4), None);
         assert_eq!(Encoding::Raw.encoded_len(4, Dtype::F6_E2M3), Some(3));
