@@ -84,6 +84,12 @@ impl LlamaShape {
     }
 }
 
+/// `numel` synthetic weights in `dtype` (as [`LlamaShape::synthetic`] makes
+/// them), for building one tensor at a time.
+pub fn weights_for_tests(numel: usize, dtype: Dtype, seed: u64) -> Bytes {
+    weights(numel, dtype, seed)
+}
+
 /// `numel` values in `dtype`, little-endian: a cheap generator whose values
 /// lie in about [-0.1, 0.1].
 fn weights(numel: usize, dtype: Dtype, seed: u64) -> Bytes {

@@ -25,13 +25,24 @@ pub(crate) fn reciprocal(absmax: f32) -> f32 {
 
 /// The code of `y` in a sorted 256-entry table: the nearest entry by the
 /// f32 midpoints, ties to the even index, NaN to 0 (the CUDA `dQuantize`).
+///
+/// A 64K-entry table indexed by the top 16 bits of `y` gives the number of
+/// midpoints below the bucket and the one midpoint inside it, if any, so a
+/// code costs one lookup and one comparison; the few buckets that hold
+/// several midpoints fall back to a binary search.
 pub struct Searcher {
     mids: [f32; 255],
-    /// For each 16-bit prefix of an f32, the number of midpoints below the
-    /// smallest value with that prefix, or `SLOW` where the bucket holds more
-    /// than one midpoint.
-    lut: Box<[u8; 1 << 16]>,
-    slow: Box<[bool; 1 << 16]>,
+    buckets: Box<[Bucket]>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Bucket {
+    /// The first midpoint at or above the bucket's smallest value (NaN if none).
+    mid: f32,
+    /// The number of midpoints below the bucket's smallest value.
+    base: u8,
+    /// Whether the bucket holds more than one midpoint.
+    slow: bool,
 }
 
 impl std::fmt::Debug for Searcher {
@@ -44,21 +55,25 @@ impl Searcher {
     /// A searcher for `table` (sorted ascending, finite).
     pub fn new(table: &[f32; 256]) -> Self {
         let mids: [f32; 255] = tables::midpoints(table);
-        let mut lut = Box::new([0u8; 1 << 16]);
-        let mut slow = Box::new([false; 1 << 16]);
-        for p in 0..(1u32 << 16) {
+        let mut buckets = vec![Bucket { mid: f32::NAN, base: 0, slow: false }; 1 << 16].into_boxed_slice();
+        for (p, bucket) in buckets.iter_mut().enumerate() {
+            let p = p as u32;
             // The bucket's values, smallest and largest, in value order.
             let (a, b) = (f32::from_bits(p << 16), f32::from_bits(p << 16 | 0xFFFF));
             let (lo, hi) = if p & 0x8000 == 0 { (a, b) } else { (b, a) };
+            if lo.is_nan() && hi.is_nan() {
+                continue; // NaN buckets: code 0, and every comparison is false.
+            }
             if lo.is_nan() || hi.is_nan() {
-                continue; // NaN buckets: code 0 (lut 0, and y > mid is false).
+                // ±inf shares its bucket with NaNs: search exactly.
+                bucket.slow = true;
+                continue;
             }
             let below = mids.partition_point(|&m| m < lo);
             let inside = mids.partition_point(|&m| m <= hi) - below;
-            lut[p as usize] = below.min(255) as u8;
-            slow[p as usize] = inside > 1;
+            *bucket = Bucket { mid: mids.get(below).copied().unwrap_or(f32::NAN), base: below as u8, slow: inside > 1 };
         }
-        Searcher { mids, lut, slow }
+        Searcher { mids, buckets }
     }
 
     /// The searcher for the dynamic map, built once.
@@ -70,17 +85,14 @@ impl Searcher {
     /// The code of `y`.
     #[inline]
     pub fn code(&self, y: f32) -> u8 {
-        let p = (y.to_bits() >> 16) as usize;
-        if self.slow[p] {
+        let b = self.buckets[(y.to_bits() >> 16) as usize];
+        if b.slow {
             return self.exact(y);
         }
-        let base = self.lut[p] as usize;
-        match self.mids.get(base) {
-            Some(&m) if y > m => (base + 1) as u8,
-            // A tie goes to the even index of the two neighbours.
-            Some(&m) if y == m => (base + (base & 1)) as u8,
-            _ => base as u8,
-        }
+        // Above the midpoint: the next code; on it, the even one of the two.
+        let above = (y > b.mid) as u8;
+        let tie = (y == b.mid) as u8 & (b.base & 1);
+        b.base + above + tie
     }
 
     /// The same answer by binary search, for buckets holding several
@@ -107,6 +119,18 @@ pub fn quantize_block(x: &[f32], partial: bool, search: &Searcher, codes: &mut [
         *c = search.code(ftz(v * r));
     }
     am
+}
+
+#[cfg(test)]
+#[test]
+fn every_bucket_edge_agrees_with_binary_search() {
+    let s = Searcher::dynamic();
+    for p in 0u32..1 << 16 {
+        for low in [0u32, 1, 0x7FFF, 0xFFFE, 0xFFFF] {
+            let y = f32::from_bits(p << 16 | low);
+            assert_eq!(s.code(y), s.exact(y), "y = {y:e}");
+        }
+    }
 }
 
 /// Decodes one block: `f32(table[code] * absmax)`.

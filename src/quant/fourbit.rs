@@ -67,16 +67,69 @@ impl Kind {
 /// `partial` marks a last block shorter than the block size; an odd block
 /// pads its last low nibble with the code of the kernel's zero padding.
 pub fn quantize_block(kind: Kind, x: &[f32], partial: bool, packed: &mut [u8]) -> f32 {
+    let mut scratch = Scratch::new(x.len());
+    quantize_block_with(kind, x, partial, packed, &mut scratch)
+}
+
+/// Working memory for [`quantize_block_with`], reused across blocks.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    y: Vec<f32>,
+    codes: Vec<u32>,
+}
+
+impl Scratch {
+    /// Room for blocks of up to `block` values.
+    pub fn new(block: usize) -> Self {
+        let n = block + 1;
+        Scratch { y: vec![0.0; n], codes: vec![0; n] }
+    }
+}
+
+/// [`quantize_block`] with caller-provided working memory (a block of at
+/// most the size `scratch` was made for).
+pub fn quantize_block_with(kind: Kind, x: &[f32], partial: bool, packed: &mut [u8], scratch: &mut Scratch) -> f32 {
     let am = blockwise8::absmax(x, partial);
     let r = blockwise8::reciprocal(am);
-    let mut pairs = x.chunks_exact(2);
-    for (byte, pair) in packed.iter_mut().zip(pairs.by_ref()) {
-        *byte = kind.code(ftz(pair[0] * r)) << 4 | kind.code(ftz(pair[1] * r));
+    // Codes one threshold at a time over the whole block: loops the
+    // compiler vectorizes.
+    if scratch.y.len() < x.len() + 1 {
+        *scratch = Scratch::new(x.len());
     }
-    if let [last] = pairs.remainder() {
-        if let Some(byte) = packed.get_mut(x.len() / 2) {
-            *byte = kind.code(ftz(last * r)) << 4 | kind.code(0.0 * r);
+    let (y, codes) = (&mut scratch.y, &mut scratch.codes);
+    let n = x.len();
+    // An odd block is padded, as the kernel pads it, with 0 * r.
+    let padded = n + (n & 1);
+    for (o, &v) in y.iter_mut().zip(&x[..n]) {
+        *o = ftz(v * r);
+    }
+    if padded > n {
+        y[n] = 0.0 * r;
+    }
+    let (y, codes) = (&y[..padded], &mut codes[..padded]);
+    codes.fill(0);
+    let t = t();
+    match kind {
+        Kind::Nf4 => {
+            for &th in &t.nf4_thresholds {
+                for (c, &v) in codes.iter_mut().zip(y) {
+                    *c += u32::from(v > th);
+                }
+            }
         }
+        Kind::Fp4 => {
+            for &th in &t.fp4_thresholds {
+                for (c, &v) in codes.iter_mut().zip(y) {
+                    *c += u32::from(v.abs() > th);
+                }
+            }
+            for (c, &v) in codes.iter_mut().zip(y) {
+                *c = u32::from(tables::FP4_POS_CODES[(*c & 7) as usize]) | (u32::from(v < 0.0) << 3);
+            }
+        }
+    }
+    for (byte, pair) in packed.iter_mut().zip(codes.chunks_exact(2)) {
+        *byte = (pair[0] << 4 | pair[1]) as u8;
     }
     am
 }
@@ -84,10 +137,14 @@ pub fn quantize_block(kind: Kind, x: &[f32], partial: bool, packed: &mut [u8]) -
 /// Decodes one block of `n` values from `packed`.
 pub fn dequantize_block(kind: Kind, packed: &[u8], n: usize, absmax: f32, out: &mut [f32]) {
     let table = kind.table();
-    for (i, o) in out.iter_mut().take(n).enumerate() {
-        let byte = packed.get(i / 2).copied().unwrap_or(0);
-        let code = if i % 2 == 0 { byte >> 4 } else { byte & 0xF };
-        *o = table[code as usize] * absmax;
+    let n = n.min(out.len()).min(packed.len() * 2);
+    let (pairs, tail) = out[..n].split_at_mut(n / 2 * 2);
+    for (pair, &byte) in pairs.chunks_exact_mut(2).zip(packed) {
+        pair[0] = table[(byte >> 4) as usize] * absmax;
+        pair[1] = table[(byte & 0xF) as usize] * absmax;
+    }
+    if let (Some(o), Some(&byte)) = (tail.first_mut(), packed.get(n / 2)) {
+        *o = table[(byte >> 4) as usize] * absmax;
     }
 }
 

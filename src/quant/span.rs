@@ -2,11 +2,11 @@
 //! (SPEC.md §5.5). A span starts at a record boundary; only the span that
 //! ends the item may end inside a record.
 
-use half::{bf16, f16};
+use half::f16;
 
 use super::blockwise8::{self, Searcher};
 use super::fourbit::{self, Kind};
-use super::{cast, ftz, tables};
+use super::{ftz, tables};
 use crate::wire::meta::NESTED_GROUP_BLOCKS;
 use crate::wire::{Dtype, Encoding};
 
@@ -15,28 +15,85 @@ pub fn element_bytes(dtype: Dtype) -> Option<usize> {
     dtype.is_quantizable().then(|| dtype.bits() as usize / 8)
 }
 
-/// Source values as f32 (exact for F16/BF16/F32; F64 rounds to nearest).
-fn read_f32(dtype: Dtype, src: &[u8]) -> Result<Vec<f32>, String> {
-    let width = element_bytes(dtype).ok_or_else(|| format!("{dtype} cannot be quantized"))?;
-    if src.len() % width != 0 {
-        return Err(format!("{} bytes are not whole {dtype} values", src.len()));
+/// Reads whole source values from `src` into `out` as f32 (exact for
+/// F16/BF16/F32; F64 rounds to nearest), `out.len()` values.
+fn read_into(dtype: Dtype, src: &[u8], out: &mut [f32]) {
+    use half::slice::HalfFloatSliceExt;
+    match dtype {
+        Dtype::F16 => {
+            let mut h = [f16::ZERO; 4096];
+            for (piece, dst) in src.chunks(2 * 4096).zip(out.chunks_mut(4096)) {
+                let h = &mut h[..dst.len()];
+                for (v, b) in h.iter_mut().zip(piece.chunks_exact(2)) {
+                    *v = f16::from_bits(u16::from_le_bytes([b[0], b[1]]));
+                }
+                h.convert_to_f32_slice(dst);
+            }
+        }
+        Dtype::BF16 => {
+            for (o, b) in out.iter_mut().zip(src.chunks_exact(2)) {
+                *o = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
+            }
+        }
+        Dtype::F64 => {
+            for (o, b) in out.iter_mut().zip(src.chunks_exact(8)) {
+                *o = f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32;
+            }
+        }
+        _ => {
+            for (o, b) in out.iter_mut().zip(src.chunks_exact(4)) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
     }
-    let c = src.chunks_exact(width);
-    Ok(match dtype {
-        Dtype::F16 => c.map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        Dtype::BF16 => c.map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        Dtype::F64 => c.map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32).collect(),
-        _ => c.map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-    })
+}
+
+/// bfloat16 bits of `x`, rounded to nearest even, NaN kept quiet (as the
+/// `half` crate and torch convert).
+#[inline]
+fn bf16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    let rounded = ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) as u16;
+    if b & 0x7FFF_FFFF > 0x7F80_0000 {
+        ((b >> 16) | 0x0040) as u16
+    } else {
+        rounded
+    }
 }
 
 /// Appends f32 values to `out` in `dtype`, rounding to nearest even.
 fn write_values(dtype: Dtype, values: &[f32], out: &mut Vec<u8>) {
+    use half::slice::HalfFloatSliceExt;
+    let start = out.len();
+    let width = dtype.bits() as usize / 8;
+    out.resize(start + values.len() * width, 0);
+    let dst = &mut out[start..];
     match dtype {
-        Dtype::F16 => out.extend(values.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes())),
-        Dtype::BF16 => out.extend(values.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes())),
-        Dtype::F64 => out.extend(values.iter().flat_map(|&v| f64::from(v).to_le_bytes())),
-        _ => out.extend(values.iter().flat_map(|&v| v.to_le_bytes())),
+        Dtype::F16 => {
+            let mut h = [f16::ZERO; 4096];
+            for (vals, d) in values.chunks(4096).zip(dst.chunks_mut(2 * 4096)) {
+                let h = &mut h[..vals.len()];
+                h.convert_from_f32_slice(vals);
+                for (b, v) in d.chunks_exact_mut(2).zip(h.iter()) {
+                    b.copy_from_slice(&v.to_bits().to_le_bytes());
+                }
+            }
+        }
+        Dtype::BF16 => {
+            for (b, &v) in dst.chunks_exact_mut(2).zip(values) {
+                b.copy_from_slice(&bf16_bits(v).to_le_bytes());
+            }
+        }
+        Dtype::F64 => {
+            for (b, &v) in dst.chunks_exact_mut(8).zip(values) {
+                b.copy_from_slice(&f64::from(v).to_le_bytes());
+            }
+        }
+        _ => {
+            for (b, &v) in dst.chunks_exact_mut(4).zip(values) {
+                b.copy_from_slice(&v.to_le_bytes());
+            }
+        }
     }
 }
 
@@ -60,38 +117,58 @@ pub fn encode_span(encoding: &Encoding, dtype: Dtype, src: &[u8]) -> Result<Vec<
     if *encoding == Encoding::Raw {
         return Ok(src.to_vec());
     }
-    let x = read_f32(dtype, src)?;
-    let mut out = Vec::with_capacity(encoding.encoded_len(x.len() as u64, dtype).unwrap_or(0) as usize);
+    let width = element_bytes(dtype).ok_or_else(|| format!("{dtype} cannot be quantized"))?;
+    if src.len() % width != 0 {
+        return Err(format!("{} bytes are not whole {dtype} values", src.len()));
+    }
+    let numel = src.len() / width;
+    let mut out = Vec::with_capacity(encoding.encoded_len(numel as u64, dtype).unwrap_or(0) as usize);
+    // Values are read a block (or 4096 values) at a time into this scratch.
+    let mut x = vec![0f32; 4096];
     match encoding {
         Encoding::Raw => out.extend_from_slice(src),
-        Encoding::Fp16 => cast::encode_f16(&x, &mut out),
-        Encoding::Bf16 => cast::encode_bf16(&x, &mut out),
+        Encoding::Fp16 | Encoding::Bf16 => {
+            for piece in src.chunks(4096 * width) {
+                let x = &mut x[..piece.len() / width];
+                read_into(dtype, piece, x);
+                if *encoding == Encoding::Fp16 {
+                    x.iter_mut().for_each(|v| *v = v.clamp(-65504.0, 65504.0));
+                    write_values(Dtype::F16, x, &mut out);
+                } else {
+                    write_values(Dtype::BF16, x, &mut out);
+                }
+            }
+        }
         Encoding::Blockwise8 { block_size: b, code } => {
             if code.as_ref().is_some_and(|c| c.iter().map(|v| v.to_bits()).ne(tables::DYNAMIC_MAP_BITS)) {
                 return Err("only the built-in dynamic map can encode".into());
             }
             let b = block_size(*b)?;
             let search = Searcher::dynamic();
-            let x: Vec<f32> = x.into_iter().map(ftz).collect();
-            for block in x.chunks(b) {
+            for piece in src.chunks(b * width) {
+                let x = &mut x[..piece.len() / width];
+                read_into(dtype, piece, x);
+                x.iter_mut().for_each(|v| *v = ftz(*v));
                 let at = out.len();
-                out.extend_from_slice(&[0; 4]);
-                out.resize(at + 4 + block.len(), 0);
-                let am = blockwise8::quantize_block(block, block.len() < b, search, &mut out[at + 4..]);
+                out.resize(at + 4 + x.len(), 0);
+                let am = blockwise8::quantize_block(x, x.len() < b, search, &mut out[at + 4..]);
                 out[at..at + 4].copy_from_slice(&am.to_le_bytes());
             }
         }
         Encoding::Fp4 { block_size: b, nested } | Encoding::Nf4 { block_size: b, nested } => {
             let kind = if matches!(encoding, Encoding::Fp4 { .. }) { Kind::Fp4 } else { Kind::Nf4 };
             let b = block_size(*b)?;
-            let x: Vec<f32> = x.into_iter().map(ftz).collect();
             if *nested {
-                encode_nested(kind, b, &x, &mut out);
+                encode_nested(kind, b, dtype, src, &mut out);
             } else {
-                for block in x.chunks(b) {
+                let mut scratch = fourbit::Scratch::new(b);
+                for piece in src.chunks(b * width) {
+                    let x = &mut x[..piece.len() / width];
+                    read_into(dtype, piece, x);
+                    x.iter_mut().for_each(|v| *v = ftz(*v));
                     let at = out.len();
-                    out.resize(at + 4 + block.len().div_ceil(2), 0);
-                    let am = fourbit::quantize_block(kind, block, block.len() < b, &mut out[at + 4..]);
+                    out.resize(at + 4 + x.len().div_ceil(2), 0);
+                    let am = fourbit::quantize_block_with(kind, x, x.len() < b, &mut out[at + 4..], &mut scratch);
                     out[at..at + 4].copy_from_slice(&am.to_le_bytes());
                 }
             }
@@ -100,18 +177,30 @@ pub fn encode_span(encoding: &Encoding, dtype: Dtype, src: &[u8]) -> Result<Vec<
     Ok(out)
 }
 
-fn encode_nested(kind: Kind, b: usize, x: &[f32], out: &mut Vec<u8>) {
+fn encode_nested(kind: Kind, b: usize, dtype: Dtype, src: &[u8], out: &mut Vec<u8>) {
+    let width = dtype.bits() as usize / 8;
     let group = b * NESTED_GROUP_BLOCKS as usize;
-    for g in x.chunks(group) {
-        let blocks: Vec<&[f32]> = g.chunks(b).collect();
+    let mut x = vec![0f32; b];
+    let mut scratch = fourbit::Scratch::new(b);
+    for g in src.chunks(group * width) {
+        let blocks = (g.len() / width).div_ceil(b);
         let at = out.len();
-        let codes_at = at + 8 + blocks.len();
-        out.resize(codes_at + g.len().div_ceil(2), 0);
-        let mut absmax = Vec::with_capacity(blocks.len());
+        let codes_at = at + 8 + blocks;
+        out.resize(codes_at + (g.len() / width).div_ceil(2), 0);
+        let mut absmax = Vec::with_capacity(blocks);
         let mut pos = codes_at;
-        for block in &blocks {
+        for piece in g.chunks(b * width) {
+            let block = &mut x[..piece.len() / width];
+            read_into(dtype, piece, block);
+            block.iter_mut().for_each(|v| *v = ftz(*v));
             let len = block.len().div_ceil(2);
-            absmax.push(fourbit::quantize_block(kind, block, block.len() < b, &mut out[pos..pos + len]));
+            absmax.push(fourbit::quantize_block_with(
+                kind,
+                block,
+                block.len() < b,
+                &mut out[pos..pos + len],
+                &mut scratch,
+            ));
             pos += len;
         }
         let (offset, absmax2) = fourbit::quantize_absmax(&absmax, &mut out[at + 8..codes_at]);
@@ -151,13 +240,14 @@ pub fn decode_span(
     let f32_at = |b: &[u8], i: usize| f32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
     match encoding {
         Encoding::Raw => out.extend_from_slice(wire),
-        Encoding::Fp16 => {
-            let v: Vec<f32> = wire.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
-            write_values(dtype, &v, out);
-        }
-        Encoding::Bf16 => {
-            let v: Vec<f32> = wire.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
-            write_values(dtype, &v, out);
+        Encoding::Fp16 | Encoding::Bf16 => {
+            let from = if *encoding == Encoding::Fp16 { Dtype::F16 } else { Dtype::BF16 };
+            let mut v = vec![0f32; 4096];
+            for piece in wire.chunks(2 * 4096) {
+                let v = &mut v[..piece.len() / 2];
+                read_into(from, piece, v);
+                write_values(dtype, v, out);
+            }
         }
         Encoding::Blockwise8 { block_size: b, code } => {
             let b = block_size(*b)?;
