@@ -21,6 +21,10 @@
 //!   [`recv::RangeSet`] ledger), [`recv::FileSink`] (`.part` file, checks,
 //!   fsync, atomic rename) and [`recv::ObjectRetriever`] (a `Stream` of
 //!   tensors, or a safetensors file written as they arrive).
+//! * [`quant`] — bitsandbytes' fp16/bf16, blockwise 8-bit, fp4 and nf4 as
+//!   pure kernels (bit-exact with its CUDA kernels), applied per chunk by
+//!   [`send::ContainerStreamer::quantize`] or [`quant::QuantizeExt`], and
+//!   undone by the retriever, which restores the original dtypes.
 //! * [`models`] — reference model shapes (Llama-3.2-1B) and synthetic
 //!   weights for examples and benchmarks.
 //! * [`transport`] — HTTP/2 ([`transport::Server`], [`transport::Client`]):

@@ -106,6 +106,28 @@ fn serve_get_put_inspect() {
     assert_eq!(st.names(), ["layer.weight"]);
     assert_eq!(st.tensor("layer.weight").expect("tensor").data(), &[1u8; 24]);
 
+    // Quantized on the server, restored to the original dtype here.
+    let q = dir.join("q.safetensors");
+    let get = Command::new(bin)
+        .args(["get", "--mode", "container", "--quantize", "nf4"])
+        .arg(format!("{url_base}model.safetensors"))
+        .arg("-o")
+        .arg(&q)
+        .output()
+        .expect("run get");
+    assert!(get.status.success(), "{}", String::from_utf8_lossy(&get.stderr));
+    let written = std::fs::read(&q).expect("read");
+    let st = safetensors::SafeTensors::deserialize(&written).expect("valid safetensors");
+    assert_eq!(st.tensor("layer.weight").expect("tensor").dtype(), safetensors::Dtype::BF16);
+    let bad = Command::new(bin)
+        .args(["get", "--mode", "container", "--quantize", "int3"])
+        .arg(format!("{url_base}model.safetensors"))
+        .arg("-o")
+        .arg(dir.join("x"))
+        .output()
+        .expect("run get");
+    assert!(!bad.status.success());
+
     let inspect = Command::new(bin).arg("inspect").arg(&out).output().expect("run inspect");
     let text = String::from_utf8_lossy(&inspect.stdout);
     assert!(inspect.status.success());
