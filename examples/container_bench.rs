@@ -75,11 +75,9 @@ async fn serve(shape: LlamaShape) -> Result<(), BoxError> {
     println!("{}", server.local_addr()?);
     let handle = server.handle();
     let run = tokio::spawn(server.run());
-    while handle.active_requests() == 0 {
+    // One transfer: wait until it has started and ended, then stop.
+    while handle.requests_started() == 0 || handle.active_requests() > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-    }
-    while handle.active_requests() > 0 {
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     handle.shutdown();
     run.await??;

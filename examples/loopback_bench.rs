@@ -252,11 +252,9 @@ async fn serve_h2(path: &str) -> Result<(), BoxError> {
     let handle = server.handle();
     let run = tokio::spawn(server.run());
     // One transfer: wait until it started and ended, then stop.
-    while handle.active_requests() == 0 {
+    // One transfer: wait until it has started and ended, then stop.
+    while handle.requests_started() == 0 || handle.active_requests() > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-    }
-    while handle.active_requests() > 0 {
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     handle.shutdown();
     run.await??;

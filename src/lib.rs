@@ -83,6 +83,7 @@
 mod error;
 #[cfg(any(test, fuzzing))]
 pub mod fuzz;
+pub mod harness;
 pub mod models;
 pub mod quant;
 pub mod recv;

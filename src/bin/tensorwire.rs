@@ -82,6 +82,23 @@ enum Command {
         /// The safetensors file.
         file: PathBuf,
     },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
+    /// A one-minute tour on loopback: a few hundred MB model sent every way,
+    /// verified, with memory and time per mode.
+    Demo {
+        /// Where the model and outputs go (default: /dev/shm, else the temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    #[command(name = "__harness-child", hide = true)]
+    HarnessChild {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Decode a framed object body (SPEC.md), verify it, and list its frames.
     Frames {
         /// A file holding the object body, or `-` for standard input.
@@ -89,6 +106,31 @@ enum Command {
         /// List every chunk, not only item and object frames.
         #[arg(long)]
         chunks: bool,
+    },
+}
+
+/// What `bench` measures.
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Peak memory and time of every way of sending a model, each side its
+    /// own process on loopback, beside NVFlare 2.6's published numbers.
+    Memory {
+        /// `small` (120 MiB), `demo` (374 MiB) or `llama-3.2-1b` (5.7 GB).
+        #[arg(long, default_value = "small")]
+        shape: String,
+        /// Where the model and outputs go (default: /dev/shm, else the temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Print JSON instead of a Markdown table.
+        #[arg(long)]
+        json: bool,
+        /// Also check every result against the source.
+        #[arg(long)]
+        verify: bool,
+        /// Only these modes (comma-separated): regular, container,
+        /// container-file, file, fp16, bf16, blockwise8, fp4, nf4, ...
+        #[arg(long, value_delimiter = ',')]
+        modes: Option<Vec<String>>,
     },
 }
 
@@ -146,11 +188,23 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Harness children run their own runtime.
+    if let Command::HarnessChild { args } = &cli.command {
+        return match tensorwire::harness::child_main(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tensorwire: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // A server spreads connections over both cores; a single transfer runs
     // best on one thread (no cross-thread wake-ups between the connection
     // and the consumer), with file writes on tokio's blocking pool.
     let runtime = match &cli.command {
-        Command::Serve { .. } => tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build(),
+        Command::Serve { .. } | Command::Bench { .. } | Command::Demo { .. } => {
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
+        }
         _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
     };
     let runtime = match runtime {
@@ -179,6 +233,11 @@ async fn run(command: Command) -> Result<(), BoxError> {
         }
         Command::Put { file, url, tuning } => put(file, &url, tuning).await,
         Command::Inspect { file } => inspect(file),
+        Command::Bench { what: BenchWhat::Memory { shape, dir, json, verify, modes } } => {
+            bench_memory(&shape, dir, json, verify, modes, false)
+        }
+        Command::Demo { dir } => bench_memory("demo", dir, false, true, None, true),
+        Command::HarnessChild { args } => Ok(tensorwire::harness::child_main(&args)?),
         Command::Frames { object, chunks } => frames(&object, chunks),
     }
 }
@@ -388,6 +447,119 @@ fn frames(path: &str, list_chunks: bool) -> Result<(), BoxError> {
         }
     }
     println!("verified: {chunks} chunks, {bytes} data bytes; every CRC and ordering rule checked");
+    Ok(())
+}
+
+/// NVFlare 2.6's published Table 2 for Llama-3.2-1B: peak memory of the
+/// whole machine (MB) and job time (s).
+const NVFLARE: [(&str, f64, f64); 3] = [
+    ("regular transmission", 42_427.0, 47.0),
+    ("container streaming", 23_265.0, 50.0),
+    ("file streaming", 19_176.0, 170.0),
+];
+
+fn bench_memory(
+    shape_name: &str,
+    dir: Option<PathBuf>,
+    json: bool,
+    verify: bool,
+    modes: Option<Vec<String>>,
+    demo: bool,
+) -> Result<(), BoxError> {
+    use tensorwire::harness::{self, BenchMode, Options};
+    let shape = harness::shape_named(shape_name).ok_or_else(|| format!("unknown shape {shape_name:?}"))?;
+    let modes = match modes {
+        Some(names) => names
+            .iter()
+            .map(|n| BenchMode::parse(n).ok_or_else(|| format!("unknown mode {n:?}")))
+            .collect::<Result<Vec<_>, _>>()?,
+        None => BenchMode::all(),
+    };
+    let base = dir.unwrap_or_else(|| {
+        let shm = PathBuf::from("/dev/shm");
+        if shm.is_dir() {
+            shm
+        } else {
+            std::env::temp_dir()
+        }
+    });
+    let dir = base.join(format!("tensorwire-bench-{}", std::process::id()));
+    // Ctrl-C: stop the children, remove the files, leave.
+    let cleanup_dir = dir.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            harness::kill_children();
+            let _ = std::fs::remove_dir_all(&cleanup_dir);
+            eprintln!("\ntensorwire: interrupted; children stopped, {} removed", cleanup_dir.display());
+            std::process::exit(130);
+        }
+    });
+    let opts = Options { shape, shape_name: shape_name.into(), dir: dir.clone(), modes, verify };
+    let exe = std::env::current_exe()?;
+    let started = std::time::Instant::now();
+    let progress = |s: &str| eprintln!("tensorwire: {s}");
+    let result = std::thread::scope(|scope| scope.spawn(|| harness::run(&exe, &opts, &progress)).join());
+    let _ = std::fs::remove_dir_all(&dir);
+    let rows = result.map_err(|_| "the harness panicked")??;
+    let model_mib = shape.parameters() as f64 * 4.0 / 1048576.0;
+    if json {
+        let v = serde_json::json!({ "shape": shape_name, "model_mib": model_mib, "rows": rows });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let mib = |k: u64| k as f64 / 1024.0;
+    println!(
+        "\n{} model: {} tensors, {} parameters, {:.1} MiB in fp32; each side its own process on loopback\n",
+        shape_name,
+        shape.tensors().len(),
+        shape.parameters(),
+        model_mib
+    );
+    println!("| mode | time (s) | wire GB/s | sender peak RSS (MiB) | receiver peak RSS (MiB) | receiver anon / file at end (MiB) | bytes sent |{}", if verify { " verified |" } else { "" });
+    println!("|---|---:|---:|---:|---:|---:|---:|{}", if verify { "---|" } else { "" });
+    for r in &rows {
+        let rate = r.wire_bytes as f64 / r.secs / 1e9;
+        print!(
+            "| {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} / {:.1} | {} |",
+            r.mode,
+            r.secs,
+            rate,
+            mib(r.sender.hwm_kib),
+            mib(r.receiver.hwm_kib),
+            mib(r.receiver.anon_kib),
+            mib(r.receiver.file_kib),
+            r.wire_bytes
+        );
+        if verify {
+            print!(" {} |", r.verified.as_deref().unwrap_or("-"));
+        }
+        println!();
+    }
+    let find = |m: BenchMode| rows.iter().find(|r| r.mode == m.label());
+    let ours = |m: BenchMode| find(m).map(|r| (mib(r.sender.hwm_kib) + mib(r.receiver.hwm_kib), r.secs));
+    println!(
+        "\nNVFlare 2.6's published Table 2 (Llama-3.2-1B, whole machine) beside tensorwire's (both processes added):\n"
+    );
+    println!("| setting | NVFlare peak (MB) | NVFlare time (s) | tensorwire peak (MiB) | tensorwire time (s) | peak ratio | time ratio |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let ours = [ours(BenchMode::Regular), ours(BenchMode::ContainerLazy), ours(BenchMode::File)];
+    for ((name, mb, secs), ours) in NVFLARE.iter().zip(ours) {
+        if let Some((peak, t)) = ours {
+            println!(
+                "| {name} | {mb:.0} | {secs:.0} | {peak:.1} | {t:.2} | {:.0}x less | {:.0}x faster |",
+                mb / (peak * 1.048576),
+                secs / t
+            );
+        }
+    }
+    if shape_name != "llama-3.2-1b" {
+        println!("\n(this model is {:.1}% of Llama-3.2-1B; `tensorwire bench memory --shape llama-3.2-1b` runs the full comparison)", model_mib / 5716.26 * 100.0);
+    }
+    eprintln!(
+        "tensorwire: done in {:.1} s{}",
+        started.elapsed().as_secs_f64(),
+        if demo { "; temporary files removed" } else { "" }
+    );
     Ok(())
 }
 

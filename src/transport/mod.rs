@@ -21,7 +21,7 @@
 //! uses mimalloc: about 200 faults per GiB), or set
 //! `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=67108864:glibc.malloc.trim_threshold=536870912`.
 
-mod body;
+pub(crate) mod body;
 mod client;
 mod registry;
 mod server;
@@ -88,7 +88,7 @@ impl Default for Config {
 }
 
 impl Config {
-    fn frame_size(&self) -> u32 {
+    pub(crate) fn frame_size(&self) -> u32 {
         self.max_frame_size.clamp(16 << 10, (16 << 20) - 1)
     }
 }

@@ -53,6 +53,7 @@ struct Shared {
     registry: Registry,
     config: Config,
     active: Arc<AtomicUsize>,
+    started: Arc<AtomicU64>,
     sent: Arc<AtomicU64>,
 }
 
@@ -61,6 +62,7 @@ struct Shared {
 pub struct ServerHandle {
     stop: watch::Sender<bool>,
     active: Arc<AtomicUsize>,
+    started: Arc<AtomicU64>,
     sent: Arc<AtomicU64>,
 }
 
@@ -75,6 +77,11 @@ impl ServerHandle {
     /// as soon as the server has noticed the reset).
     pub fn active_requests(&self) -> usize {
         self.active.load(Ordering::SeqCst)
+    }
+
+    /// Requests accepted since the server started (finished ones included).
+    pub fn requests_started(&self) -> u64 {
+        self.started.load(Ordering::SeqCst)
     }
 
     /// Response-body bytes handed to HTTP/2 so far, all transfers together:
@@ -109,7 +116,13 @@ impl Server {
     pub async fn bind(addr: impl ToSocketAddrs, registry: Registry, config: Config) -> Result<Self, Error> {
         let listener = TcpListener::bind(addr).await?;
         let (shutdown, _) = watch::channel(false);
-        let shared = Arc::new(Shared { registry, config, active: Arc::default(), sent: Arc::default() });
+        let shared = Arc::new(Shared {
+            registry,
+            config,
+            active: Arc::default(),
+            started: Arc::default(),
+            sent: Arc::default(),
+        });
         Ok(Server { listener, shared, shutdown })
     }
 
@@ -123,6 +136,7 @@ impl Server {
         ServerHandle {
             stop: self.shutdown.clone(),
             active: Arc::clone(&self.shared.active),
+            started: Arc::clone(&self.shared.started),
             sent: Arc::clone(&self.shared.sent),
         }
     }
@@ -163,7 +177,7 @@ impl Server {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (_never, stop) = watch::channel(false);
-        let shared = Shared { registry, config, active: Arc::default(), sent: Arc::default() };
+        let shared = Shared { registry, config, active: Arc::default(), started: Arc::default(), sent: Arc::default() };
         serve(io, Arc::new(shared), stop).await
     }
 }
@@ -207,6 +221,7 @@ where
 
 async fn handle(req: Request<RecvStream>, mut respond: SendResponse<EncodedFrame>, shared: &Shared) {
     let _active = ActiveGuard::new(&shared.active);
+    shared.started.fetch_add(1, Ordering::SeqCst);
     let result = match *req.method() {
         Method::GET => get(&req, &mut respond, shared).await,
         Method::PUT => put(req, &mut respond, shared).await,
