@@ -70,18 +70,15 @@ async fn serve(shape: LlamaShape) -> Result<(), BoxError> {
     let model = Arc::new(shape.synthetic(Dtype::F32, 1));
     let bytes: u64 = model.values().map(|t| t.data().len() as u64).sum();
     let largest = model.values().map(|t| t.data().len() as u64).max().unwrap_or(0);
-    let before = peak_kib();
+    let before = tensorwire::harness::peak_rss_kib();
     let server = Server::bind("127.0.0.1:0", Registry::new().with_container("model", model), Config::default()).await?;
     println!("{}", server.local_addr()?);
     let handle = server.handle();
     let run = tokio::spawn(server.run());
-    // One transfer: wait until it has started and ended, then stop.
-    while handle.requests_started() == 0 || handle.active_requests() > 0 {
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-    }
+    handle.first_transfers_done().await;
     handle.shutdown();
     run.await??;
-    let peak = peak_kib();
+    let peak = tensorwire::harness::peak_rss_kib();
     println!(
         "sender:   container {:.1} MiB (largest tensor {:.1} MiB); peak RSS {:.1} MiB = container + {:.1} MiB (RSS after building the container: {:.1} MiB)",
         mib(bytes),
@@ -94,7 +91,7 @@ async fn serve(shape: LlamaShape) -> Result<(), BoxError> {
 }
 
 async fn get(addr: &str, file: Option<&str>) -> Result<(), BoxError> {
-    let baseline = peak_kib();
+    let baseline = tensorwire::harness::peak_rss_kib();
     let client = Client::connect(addr, Config::default()).await?;
     let started = Instant::now();
     let mut retriever = client.retrieve("model", None, &TransferOptions::default()).await?;
@@ -117,7 +114,7 @@ async fn get(addr: &str, file: Option<&str>) -> Result<(), BoxError> {
         }
     };
     let secs = started.elapsed().as_secs_f64();
-    let peak = peak_kib();
+    let peak = tensorwire::harness::peak_rss_kib();
     println!(
         "receiver: {count} tensors, {:.1} MiB {what} in {secs:.2} s ({:.2} GB/s); peak RSS {:.1} MiB = largest tensor + {:.1} MiB (startup {:.1} MiB)",
         mib(bytes),
@@ -131,13 +128,4 @@ async fn get(addr: &str, file: Option<&str>) -> Result<(), BoxError> {
 
 fn mib(b: u64) -> f64 {
     b as f64 / 1048576.0
-}
-
-fn peak_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
 }

@@ -175,15 +175,6 @@ fn run_pair(mode: &str, src: &Path, out: &Path, len: u64) -> Result<Sample, BoxE
     })
 }
 
-fn hwm_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Minor page faults of this process so far (/proc/self/stat field 10).
 fn minor_faults() -> u64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
@@ -226,7 +217,7 @@ fn child(args: &[String]) -> Result<(), BoxError> {
             _ => Err("unknown child".into()),
         }
     })?;
-    println!("secs={secs} bytes={bytes} hwm_kib={} minflt={}", hwm_kib(), minor_faults());
+    println!("secs={secs} bytes={bytes} hwm_kib={} minflt={}", tensorwire::harness::peak_rss_kib(), minor_faults());
     Ok(())
 }
 
@@ -251,11 +242,7 @@ async fn serve_h2(path: &str) -> Result<(), BoxError> {
     println!("{}", server.local_addr()?);
     let handle = server.handle();
     let run = tokio::spawn(server.run());
-    // One transfer: wait until it started and ended, then stop.
-    // One transfer: wait until it has started and ended, then stop.
-    while handle.requests_started() == 0 || handle.active_requests() > 0 {
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-    }
+    handle.first_transfers_done().await;
     handle.shutdown();
     run.await??;
     Ok(())

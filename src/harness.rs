@@ -355,6 +355,16 @@ pub fn shape_named(name: &str) -> Option<LlamaShape> {
 pub const DEMO: LlamaShape =
     LlamaShape { layers: 4, hidden: 1024, intermediate: 4096, heads: 16, kv_heads: 4, vocab: 16_000 };
 
+/// This process's peak resident set (VmHWM) in KiB, 0 where unknown.
+pub fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
 fn report_peak(extra: &str) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let kib = |k: &str| {
@@ -394,10 +404,7 @@ async fn serve(registry: Registry, _unused: Option<()>) -> Result<(), Error> {
     println!("{}", server.local_addr()?);
     let handle = server.handle();
     let run = tokio::spawn(server.run());
-    // One transfer: wait until it has started and ended, then stop.
-    while handle.requests_started() == 0 || handle.active_requests() > 0 {
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-    }
+    handle.first_transfers_done().await;
     handle.shutdown();
     run.await.map_err(|e| Error::Io(std::io::Error::other(e)))??;
     report_peak(&format!("sent={}", handle.bytes_sent()));

@@ -283,35 +283,38 @@ mod tests {
     }
 
     #[test]
-    fn item_end_before_all_bytes_is_rejected() {
+    fn item_end_before_all_bytes_is_rejected() -> Result<(), DecodeError> {
         let mut asm = Assembler::new();
         for f in frames_for(&[10]) {
-            asm.handle_frame(f).expect("header");
+            asm.handle_frame(f)?;
         }
-        asm.handle_frame(Frame::Chunk(Chunk::new(0, 0, Bytes::from_static(&[0; 4])))).expect("chunk");
+        asm.handle_frame(Frame::Chunk(Chunk::new(0, 0, Bytes::from_static(&[0; 4]))))?;
         let r = asm.handle_frame(Frame::ItemEnd(ItemEnd { item: 0, len: 10, crc: 0 }));
         assert!(matches!(r, Err(DecodeError::ItemEndMismatch { item: 0, .. })));
+        Ok(())
     }
 
     #[test]
-    fn object_end_with_incomplete_item_is_rejected() {
+    fn object_end_with_incomplete_item_is_rejected() -> Result<(), DecodeError> {
         let mut asm = Assembler::new();
         for f in frames_for(&[10]) {
-            asm.handle_frame(f).expect("header");
+            asm.handle_frame(f)?;
         }
         let r = asm.handle_frame(Frame::ObjectEnd(ObjectEnd { items: 1, len: 10, crc: 0 }));
         assert!(r.is_err());
         assert!(!asm.is_done());
+        Ok(())
     }
 
     #[test]
-    fn item_announced_again_must_match() {
+    fn item_announced_again_must_match() -> Result<(), DecodeError> {
         let mut asm = Assembler::new();
         for f in frames_for(&[10]) {
-            asm.handle_frame(f).expect("header");
+            asm.handle_frame(f)?;
         }
         assert!(asm.handle_frame(Frame::ItemHeader(ItemHeader::bytes(0, "i0", 10))).is_ok());
         let r = asm.handle_frame(Frame::ItemHeader(ItemHeader::bytes(0, "i0", 11)));
         assert!(matches!(r, Err(DecodeError::InconsistentItem { .. })));
+        Ok(())
     }
 }

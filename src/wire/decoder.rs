@@ -91,16 +91,15 @@ impl FrameDecoder {
     ///
     /// Any [`DecodeError`]; after one, every later call returns it again.
     pub fn decode_frame(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
+        self.sticky(src)
+    }
+
+    /// Runs one step, remembering an error so that it ends the object.
+    fn sticky<S: Source>(&mut self, src: &mut S) -> Result<Option<Frame>, DecodeError> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
-        match self.step(src) {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                self.failed = Some(e.clone());
-                Err(e)
-            }
-        }
+        self.step(src).inspect_err(|e| self.failed = Some(e.clone()))
     }
 
     /// Decodes the next frame, or the fact that the stream ended (SPEC.md §7.5).
@@ -151,16 +150,7 @@ impl FrameDecoder {
     ///
     /// As [`FrameDecoder::decode_frame`].
     pub fn decode_frame_bytes(&mut self, src: &mut Bytes) -> Result<Option<Frame>, DecodeError> {
-        if let Some(e) = &self.failed {
-            return Err(e.clone());
-        }
-        match self.step(src) {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                self.failed = Some(e.clone());
-                Err(e)
-            }
-        }
+        self.sticky(src)
     }
 
     fn step<S: Source>(&mut self, src: &mut S) -> Result<Option<Frame>, DecodeError> {
