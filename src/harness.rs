@@ -384,10 +384,10 @@ pub fn child_main(args: &[String]) -> Result<(), Error> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         match arg(0) {
-            "serve-file" => serve(Registry::new().with_file("model", arg(2)), None).await,
+            "serve-file" => serve(Registry::new().with_file("model", arg(2))).await,
             "serve-container" => {
                 let model = Arc::new(shape.synthetic(Dtype::F32, SEED));
-                serve(Registry::new().with_container("model", model), None).await
+                serve(Registry::new().with_container("model", model)).await
             }
             "serve-regular" => serve_regular(shape).await,
             "get-file" => get_file(arg(2), Path::new(arg(5))).await,
@@ -399,7 +399,8 @@ pub fn child_main(args: &[String]) -> Result<(), Error> {
     })
 }
 
-async fn serve(registry: Registry, _unused: Option<()>) -> Result<(), Error> {
+/// Serves one transfer of `model`, then reports what it sent.
+async fn serve(registry: Registry) -> Result<(), Error> {
     let server = Server::bind("127.0.0.1:0", registry, Config::default()).await?;
     println!("{}", server.local_addr()?);
     let handle = server.handle();
