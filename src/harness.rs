@@ -179,10 +179,31 @@ pub fn run(exe: &Path, opts: &Options, progress: &dyn Fn(&str)) -> Result<Vec<Ro
     write_model(&opts.shape, &model)?;
     let mut rows = Vec::new();
     for (i, mode) in opts.modes.iter().enumerate() {
+        // Regular transmission holds twice the model in each of two
+        // processes; skip it rather than let the kernel kill something.
+        let need = opts.shape.parameters() * 4 * 4 + (1 << 30);
+        if *mode == BenchMode::Regular && available_memory().is_some_and(|a| a < need) {
+            progress(&format!(
+                "[{}/{}] skipping {}: it needs about {:.1} GiB, {:.1} GiB are available",
+                i + 1,
+                opts.modes.len(),
+                mode.label(),
+                need as f64 / (1u64 << 30) as f64,
+                available_memory().unwrap_or(0) as f64 / (1u64 << 30) as f64
+            ));
+            continue;
+        }
         progress(&format!("[{}/{}] {}", i + 1, opts.modes.len(), mode.label()));
         rows.push(run_mode(exe, opts, &model, *mode)?);
     }
     Ok(rows)
+}
+
+/// MemAvailable from /proc/meminfo, in bytes.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = info.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 fn run_mode(exe: &Path, opts: &Options, model: &Path, mode: BenchMode) -> Result<Row, Error> {
