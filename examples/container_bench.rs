@@ -73,11 +73,7 @@ async fn serve(shape: LlamaShape) -> Result<(), BoxError> {
     let before = tensorwire::harness::peak_rss_kib();
     let server = Server::bind("127.0.0.1:0", Registry::new().with_container("model", model), Config::default()).await?;
     println!("{}", server.local_addr()?);
-    let handle = server.handle();
-    let run = tokio::spawn(server.run());
-    handle.first_transfers_done().await;
-    handle.shutdown();
-    run.await??;
+    tensorwire::harness::serve_one_transfer(server).await?;
     let peak = tensorwire::harness::peak_rss_kib();
     println!(
         "sender:   container {:.1} MiB (largest tensor {:.1} MiB); peak RSS {:.1} MiB = container + {:.1} MiB (RSS after building the container: {:.1} MiB)",

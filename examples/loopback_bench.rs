@@ -240,11 +240,7 @@ async fn serve_h2(path: &str) -> Result<(), BoxError> {
     let registry = Registry::new().with_file("source", path);
     let server = Server::bind("127.0.0.1:0", registry, config()).await?;
     println!("{}", server.local_addr()?);
-    let handle = server.handle();
-    let run = tokio::spawn(server.run());
-    handle.first_transfers_done().await;
-    handle.shutdown();
-    run.await??;
+    tensorwire::harness::serve_one_transfer(server).await?;
     Ok(())
 }
 

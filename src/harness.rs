@@ -424,13 +424,24 @@ pub fn child_main(args: &[String]) -> Result<(), Error> {
 async fn serve(registry: Registry) -> Result<(), Error> {
     let server = Server::bind("127.0.0.1:0", registry, Config::default()).await?;
     println!("{}", server.local_addr()?);
+    let handle = serve_one_transfer(server).await?;
+    report_peak(&format!("sent={}", handle.bytes_sent()));
+    Ok(())
+}
+
+/// Runs `server` until its first transfers are done, then shuts it down;
+/// returns its handle for the counters. For tools that move one object.
+///
+/// # Errors
+///
+/// What [`Server::run`] returns.
+pub async fn serve_one_transfer(server: Server) -> Result<crate::transport::ServerHandle, Error> {
     let handle = server.handle();
     let run = tokio::spawn(server.run());
     handle.first_transfers_done().await;
     handle.shutdown();
     run.await.map_err(|e| Error::Io(std::io::Error::other(e)))??;
-    report_peak(&format!("sent={}", handle.bytes_sent()));
-    Ok(())
+    Ok(handle)
 }
 
 /// Regular transmission: the whole object serialized in memory first, then

@@ -32,7 +32,7 @@ pub mod tables;
 pub use span::{decode_span, element_bytes, encode_span};
 #[doc(hidden)]
 pub use stream::decode_chunk;
-pub(crate) use stream::encode_range;
+pub(crate) use stream::{decode_chunk_into, encode_range};
 pub use stream::{Encoded, Quantize, QuantizeExt, Scheme};
 
 /// Flushes an f32 subnormal to a zero of the same sign (CUDA `-ftz=true`).

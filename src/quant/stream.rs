@@ -228,6 +228,20 @@ pub(crate) fn encode_range(
 ///
 /// [`Error::Tensor`] when the bytes are not the records the offset implies.
 pub fn decode_chunk(encoding: &Encoding, meta: &TensorMeta, offset: u64, wire: &[u8]) -> Result<(u64, Vec<u8>), Error> {
+    let mut out = Vec::new();
+    let at = decode_chunk_into(encoding, meta, offset, wire, &mut out)?;
+    Ok((at, out))
+}
+
+/// [`decode_chunk`], appending the values to `out` (the tensor being
+/// assembled) instead of a buffer of their own; returns where they start.
+pub(crate) fn decode_chunk_into(
+    encoding: &Encoding,
+    meta: &TensorMeta,
+    offset: u64,
+    wire: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<u64, Error> {
     let bad = |reason: String| Error::Tensor { name: meta.name.clone(), reason };
     let width = element_bytes(meta.dtype).ok_or_else(|| bad(format!("{} cannot be quantized", meta.dtype)))? as u64;
     let record = encoding.record_len();
@@ -237,9 +251,8 @@ pub fn decode_chunk(encoding: &Encoding, meta: &TensorMeta, offset: u64, wire: &
     let first = offset / record * per_record;
     let last = ((offset + wire.len() as u64).div_ceil(record) * per_record).min(numel);
     let count = usize::try_from(last.saturating_sub(first)).map_err(|_| bad("chunk too large".into()))?;
-    let mut out = Vec::new();
-    super::decode_span(encoding, meta.dtype, wire, count, &mut out).map_err(bad)?;
-    Ok((first * width, out))
+    super::decode_span(encoding, meta.dtype, wire, count, out).map_err(bad)?;
+    Ok(first * width)
 }
 
 /// Source elements per wire record.

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures::stream::{Stream, StreamExt};
 
 use super::FileSink;
-use crate::quant::decode_chunk;
+use crate::quant::{decode_chunk, decode_chunk_into};
 use crate::tensor::{to_safetensors, Tensor, TensorMap, TensorMeta};
 use crate::wire::{Encoding, Frame, IndexEntry, ItemHeader, Mode, ObjectHeader};
 use crate::Error;
@@ -216,12 +216,18 @@ where
                 self.header = Some(h);
             }
             Frame::ItemHeader(h) => self.building = Some(start(h)?),
-            Frame::Chunk(mut c) => {
+            Frame::Chunk(c) => {
                 let b = self.building.as_mut().ok_or(Error::Protocol("chunk outside an item"))?;
                 if b.encoding != Encoding::Raw {
-                    // Restored chunk by chunk: the encoded item is never held whole.
-                    let (_, values) = decode_chunk(&b.encoding, &b.meta, c.offset, &c.data)?;
-                    c.data = Bytes::from(values);
+                    // Restored chunk by chunk, straight into the tensor being
+                    // assembled: the encoded item is never held whole.
+                    let mut v = match std::mem::replace(&mut b.data, Assembly::Empty) {
+                        Assembly::Many(v) => v,
+                        _ => Vec::with_capacity(b.len),
+                    };
+                    decode_chunk_into(&b.encoding, &b.meta, c.offset, &c.data, &mut v)?;
+                    b.data = Assembly::Many(v);
+                    return Ok(None);
                 }
                 b.data = match std::mem::replace(&mut b.data, Assembly::Empty) {
                     Assembly::Empty if c.data.len() == b.len => Assembly::One(c.data),
