@@ -36,6 +36,15 @@ pub enum Error {
         /// The name asked for.
         name: String,
     },
+    /// The object exists but holds no item (tensor) of this name (HTTP 404
+    /// with a `tensorwire-missing-item` header, SPEC.md §8.5).
+    #[error("object {object:?} has no tensor named {item:?}")]
+    ItemNotFound {
+        /// The object asked for.
+        object: String,
+        /// The item it does not hold.
+        item: String,
+    },
     /// An object name that could escape the server's root or is malformed.
     #[error("invalid object name {name:?}: {reason}")]
     InvalidName {
@@ -109,7 +118,7 @@ impl From<Error> for std::io::Error {
             Error::Io(e) => e,
             Error::Decode(_) => std::io::Error::new(ErrorKind::InvalidData, e),
             Error::Aborted { .. } => std::io::Error::new(ErrorKind::ConnectionAborted, e),
-            Error::NotFound { .. } => std::io::Error::new(ErrorKind::NotFound, e),
+            Error::NotFound { .. } | Error::ItemNotFound { .. } => std::io::Error::new(ErrorKind::NotFound, e),
             Error::Timeout(_) => std::io::Error::new(ErrorKind::TimedOut, e),
             other => std::io::Error::other(other),
         }

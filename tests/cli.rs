@@ -49,7 +49,13 @@ fn frames_rejects_a_damaged_object() {
     let out = run(&bytes, "bad");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.starts_with("tensorwire: payload checksum mismatch in item 0 at offset 1048576"), "{stderr}");
+    // The message names the file, and exit code 4 says the object failed a check.
+    assert!(stderr.starts_with("tensorwire: /"), "{stderr}");
+    assert!(
+        stderr.contains("-bad: malformed object: payload checksum mismatch in item 0 at offset 1048576"),
+        "{stderr}"
+    );
+    assert_eq!(out.status.code(), Some(4));
     assert_eq!(stderr.lines().count(), 1);
 }
 

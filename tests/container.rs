@@ -68,7 +68,28 @@ async fn selection_picks_tensors_in_the_order_asked() {
     let got: Vec<String> = retriever.map(|t| t.expect("tensor").name().to_string()).collect().await;
     assert_eq!(got, want);
     let missing = client.retrieve("m", Some(&["nope".to_string()]), &TransferOptions::default()).await;
-    assert!(matches!(missing, Err(Error::NotFound { .. })), "{missing:?}");
+    // The object exists: the missing tensor is named as such (SPEC.md §8.5).
+    assert!(
+        matches!(&missing, Err(Error::ItemNotFound { object, item }) if object == "m" && item == "nope"),
+        "{missing:?}"
+    );
+}
+
+#[tokio::test]
+async fn put_container_reports_what_was_pushed() {
+    use tensorwire::send::ContainerStreamer;
+    let model = Arc::new(every_dtype());
+    let registry = Registry::new().with_push_handler(Arc::new(|_name, retriever| {
+        Box::pin(async move { retriever.collect_map().await.map(drop) })
+    }));
+    let client = duplex(registry, small_config()).await;
+    let streamer = ContainerStreamer::from_map("up", Arc::clone(&model));
+    let expected_len: u64 = model.values().map(|t| t.data().len() as u64).sum();
+    let got = client.put_container(streamer, &TransferOptions::default()).await.expect("push");
+    // It used to report zeros for every push into a handler.
+    assert_eq!(got.items, model.len() as u64);
+    assert_eq!(got.len, expected_len);
+    assert_ne!(got.crc, 0);
 }
 
 #[tokio::test]

@@ -12,19 +12,33 @@
 //! `TENSORWIRE_REPORT_PEAK=1` the process prints its peak resident memory to
 //! stderr at exit (used by the benchmark harness).
 
-use std::io::{IsTerminal, Read};
+use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use clap::{Parser, Subcommand};
+use tensorwire::recv::{Assembler, Event, FileSink};
 use tensorwire::transport::{Client, Config, Progress, Registry, Server, TransferOptions};
-use tensorwire::wire::{Frame, FrameDecoder};
+use tensorwire::wire::{Frame, FrameDecoder, Mode};
+use tensorwire::Error;
 use tokio_util::sync::CancellationToken;
+
+#[path = "tensorwire/exit.rs"]
+mod exit;
+#[path = "tensorwire/target.rs"]
+mod target;
+
+use exit::Failure;
+use target::{Output, Target};
 
 #[derive(Parser)]
 #[command(name = "tensorwire", version, about = "Stream models and tensors over HTTP/2")]
+#[command(after_help = "Exit codes: 0 ok, 1 local failure, 2 usage, 3 connection, 4 integrity, \
+5 refused by the server (4xx), 6 server error (5xx or server abort), 130 interrupted.")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -43,28 +57,42 @@ enum Command {
         /// Refuse pushes.
         #[arg(long)]
         read_only: bool,
+        /// On SIGTERM or the first Ctrl-C the server stops accepting new
+        /// transfers and lets those in flight finish for at most this many
+        /// seconds (a second Ctrl-C stops at once).
+        #[arg(long, default_value_t = 30, value_name = "SECS")]
+        drain_timeout: u64,
         #[command(flatten)]
         tuning: Tuning,
     },
     /// Pull an object into a file (written as FILE.part, renamed when verified).
     Get {
-        /// http://HOST:PORT/objects/NAME
+        /// [http://]HOST[:PORT]/objects/NAME[?mode=..&items=..&quantize=..&chunk_size=..]
         url: String,
-        /// The file to write.
+        /// The file to write; `-` for standard output (file mode); an
+        /// existing directory to write the object's name inside it.
         #[arg(short, long)]
-        output: PathBuf,
+        output: Option<PathBuf>,
+        /// Write to a file named like the object (its last path segment), in
+        /// the current directory.
+        #[arg(short = 'O', long)]
+        remote_name: bool,
         /// `file`: the object's bytes as they are; `container`: tensor by
-        /// tensor, written into a safetensors file as they arrive.
-        #[arg(long, value_enum, default_value_t = GetMode::File)]
-        mode: GetMode,
-        /// Container mode: only these tensors, in this order (comma-separated).
+        /// tensor, written into a safetensors file as they arrive (the
+        /// default when --items or --quantize is given).
+        #[arg(long, value_enum)]
+        mode: Option<GetMode>,
+        /// Only these tensors, in this order (comma-separated); implies
+        /// container mode.
         #[arg(long, value_delimiter = ',')]
         items: Option<Vec<String>>,
-        /// Container mode: the server quantizes float tensors with this
-        /// scheme (fp16, bf16, blockwise8, fp4, nf4, fp4-nested, nf4-nested);
-        /// they are restored to their original dtype here.
-        #[arg(long, value_parser = parse_scheme)]
+        /// The server quantizes float tensors with this scheme (fp16, bf16,
+        /// blockwise8, fp4, nf4, fp4-nested, nf4-nested); they are restored
+        /// to their original dtype here. Implies container mode.
+        #[arg(long, value_parser = target::parse_scheme)]
         quantize: Option<tensorwire::quant::Scheme>,
+        #[command(flatten)]
+        report: Report,
         #[command(flatten)]
         tuning: Tuning,
     },
@@ -72,8 +100,10 @@ enum Command {
     Put {
         /// The file to send.
         file: PathBuf,
-        /// http://HOST:PORT/objects/NAME
+        /// [http://]HOST[:PORT]/objects/NAME
         url: String,
+        #[command(flatten)]
+        report: Report,
         #[command(flatten)]
         tuning: Tuning,
     },
@@ -100,12 +130,18 @@ enum Command {
         args: Vec<String>,
     },
     /// Decode a framed object body (SPEC.md), verify it, and list its frames.
+    /// Fails (exit 4) on a damaged body and on one that ends in an abort.
     Frames {
         /// A file holding the object body, or `-` for standard input.
         object: String,
         /// List every chunk, not only item and object frames.
         #[arg(long)]
         chunks: bool,
+        /// Write a file-mode body's bytes into this file (via OUT.part,
+        /// renamed only once the whole object verified), e.g. to turn a body
+        /// fetched with curl back into the file.
+        #[arg(long, value_name = "OUT")]
+        extract: Option<PathBuf>,
     },
 }
 
@@ -115,7 +151,8 @@ enum BenchWhat {
     /// Peak memory and time of every way of sending a model, each side its
     /// own process on loopback, beside NVFlare 2.6's published numbers.
     Memory {
-        /// `small` (120 MiB), `demo` (374 MiB) or `llama-3.2-1b` (5.7 GB).
+        /// `tiny`, `small` (120.5 MiB), `demo` (356.8 MiB) or `llama-3.2-1b`
+        /// (5,716.3 MiB), sizes in fp32.
         #[arg(long, default_value = "small")]
         shape: String,
         /// Where the model and outputs go (default: /dev/shm, else the temp dir).
@@ -143,11 +180,27 @@ enum GetMode {
     Container,
 }
 
+/// How a transfer reports what it did.
+#[derive(clap::Args)]
+struct Report {
+    /// Print nothing on success (errors still go to stderr).
+    #[arg(short, long)]
+    quiet: bool,
+    /// Say more: the request, the mode and the options used.
+    #[arg(short, long, conflicts_with = "quiet")]
+    verbose: bool,
+    /// Print a machine-readable summary (JSON, one line) to stdout, or to
+    /// stderr when the object itself goes to stdout.
+    #[arg(long)]
+    json: bool,
+}
+
 /// Transfer tuning shared by the network commands.
 #[derive(clap::Args)]
 struct Tuning {
-    /// Chunk size in bytes for what this side sends (or asks for).
-    #[arg(long)]
+    /// Chunk size in bytes for what this side sends (or asks for):
+    /// 65536 ..= 16777216.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(MIN_CHUNK..=MAX_CHUNK))]
     chunk_size: Option<u32>,
     /// HTTP/2 receive window per stream, bytes.
     #[arg(long)]
@@ -156,6 +209,11 @@ struct Tuning {
     #[arg(long)]
     frame_size: Option<u32>,
 }
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+const MIN_CHUNK: i64 = tensorwire::wire::MIN_CHUNK_BYTES as i64;
+const MAX_CHUNK: i64 = tensorwire::wire::MAX_CHUNK_BYTES as i64;
 
 impl Tuning {
     fn config(&self) -> Config {
@@ -174,8 +232,6 @@ impl Tuning {
         c
     }
 }
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// mimalloc rather than glibc's malloc. Receiving over HTTP/2 allocates a
 /// buffer per DATA frame (1 MiB by default); glibc hands such buffers back to
@@ -218,152 +274,373 @@ fn main() -> ExitCode {
     report_peak();
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("tensorwire: {e}");
-            ExitCode::FAILURE
+        Err(f) => {
+            eprintln!("tensorwire: {f}");
+            ExitCode::from(f.code)
         }
     }
 }
 
-async fn run(command: Command) -> Result<(), BoxError> {
+async fn run(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Serve { root, addr, read_only, tuning } => serve(root, addr, read_only, tuning.config()).await,
-        Command::Get { url, output, mode, items, quantize, tuning } => {
-            get(&url, output, mode, items, quantize, tuning).await
+        Command::Serve { root, addr, read_only, drain_timeout, tuning } => {
+            serve(root, addr, read_only, Duration::from_secs(drain_timeout), tuning.config()).await
         }
-        Command::Put { file, url, tuning } => put(file, &url, tuning).await,
+        Command::Get { url, output, remote_name, mode, items, quantize, report, tuning } => {
+            let target = target::parse_url(&url)?;
+            let output = target::resolve_output(output.as_deref(), remote_name, &target.name)?;
+            get(GetRequest { target, output, mode, items, quantize }, report, tuning).await
+        }
+        Command::Put { file, url, report, tuning } => put(file, &url, report, tuning).await,
         Command::Inspect { file } => inspect(file),
         Command::Bench { what: BenchWhat::Memory { shape, dir, json, verify, modes } } => {
-            bench_memory(&shape, dir, json, verify, modes, false)
+            Ok(bench_memory(&shape, dir, json, verify, modes, false)?)
         }
-        Command::Demo { dir } => bench_memory("demo", dir, false, true, None, true),
+        Command::Demo { dir } => Ok(bench_memory("demo", dir, false, true, None, true)?),
         Command::HarnessChild { args } => Ok(tensorwire::harness::child_main(&args)?),
-        Command::Frames { object, chunks } => frames(&object, chunks),
+        Command::Frames { object, chunks, extract } => frames(&object, chunks, extract),
     }
 }
 
-async fn serve(root: PathBuf, addr: String, read_only: bool, config: Config) -> Result<(), BoxError> {
-    let registry = Registry::root(&root).map_err(|e| format!("{}: {e}", root.display()))?.accept_pushes(!read_only);
-    let server = Server::bind(&addr, registry, config).await.map_err(|e| format!("{addr}: {e}"))?;
+/// Waits for SIGTERM or Ctrl-C (SIGINT).
+async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = tokio::signal::ctrl_c() => return,
+            }
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn serve(root: PathBuf, addr: String, read_only: bool, drain: Duration, config: Config) -> Result<(), Failure> {
+    let registry = Registry::root(&root)
+        .map_err(|e| Failure::usage(format!("{}: {e}", root.display())))?
+        .accept_pushes(!read_only);
+    let server = Server::bind(&addr, registry, config).await.map_err(|e| Failure::usage(format!("{addr}: {e}")))?;
     eprintln!("tensorwire: serving {} on http://{}/objects/", root.display(), server.local_addr()?);
     let handle = server.handle();
     tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        eprintln!("tensorwire: shutting down after the transfers in flight");
+        signal().await;
+        eprintln!(
+            "tensorwire: draining: no new transfers; {} in flight may finish within {} s (Ctrl-C again stops now)",
+            handle.active_requests(),
+            drain.as_secs()
+        );
         handle.shutdown();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("tensorwire: stopped with transfers in flight");
+                std::process::exit(exit::INTERRUPTED.into());
+            }
+            _ = tokio::time::sleep(drain) => {
+                eprintln!("tensorwire: drain timeout: stopped with {} transfers in flight", handle.active_requests());
+                std::process::exit(exit::LOCAL.into());
+            }
+        }
     });
     server.run().await?;
+    eprintln!("tensorwire: drained, every transfer finished");
     Ok(())
 }
 
-/// Splits `http://host:port/objects/name` into an address and a name.
-fn parse_url(url: &str) -> Result<(String, String), BoxError> {
-    let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(format!("{url}: only http:// URLs are supported (cleartext HTTP/2)").into());
-    }
-    let authority = uri.authority().ok_or_else(|| format!("{url}: no host"))?;
-    let addr = format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(7470));
-    let name = Registry::new().decode_name(uri.path())?;
-    Ok((addr, name))
-}
-
-/// Options with a progress bar (when stderr is a terminal) and Ctrl-C.
-fn options(what: &str) -> (TransferOptions, Option<indicatif::ProgressBar>) {
+/// Options with a progress bar (when stderr is a terminal and not quiet),
+/// Ctrl-C, and a counter of the object's data bytes as they travel.
+fn options(what: &str, quiet: bool) -> (TransferOptions, Option<indicatif::ProgressBar>, Arc<AtomicU64>) {
     let cancel = CancellationToken::new();
     let trigger = cancel.clone();
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
         trigger.cancel();
     });
-    let mut opts = TransferOptions { cancel: Some(cancel), ..TransferOptions::default() };
-    if !std::io::stderr().is_terminal() {
-        return (opts, None);
-    }
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_message(what.to_string());
-    let b = bar.clone();
-    opts.progress = Some(Arc::new(move |p: Progress| {
-        if let Some(total) = p.total {
-            b.set_length(total);
+    let wire = Arc::new(AtomicU64::new(0));
+    let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} on the wire {binary_bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(what.to_string());
+        bar
+    });
+    let (b, w) = (bar.clone(), Arc::clone(&wire));
+    let progress = Arc::new(move |p: Progress| {
+        w.store(p.done, Ordering::Relaxed);
+        if let Some(b) = &b {
+            if let Some(total) = p.total {
+                b.set_length(total);
+            }
+            b.set_position(p.done);
         }
-        b.set_position(p.done);
-    }));
-    (opts, Some(bar))
+    });
+    let opts = TransferOptions { cancel: Some(cancel), progress: Some(progress), ..TransferOptions::default() };
+    (opts, bar, wire)
 }
 
-fn parse_scheme(s: &str) -> Result<tensorwire::quant::Scheme, String> {
-    tensorwire::quant::Scheme::parse(s).ok_or_else(|| format!("unknown scheme {s:?}"))
+/// What a finished transfer did, for the summary line or `--json`.
+#[derive(Debug, serde::Serialize)]
+struct Summary {
+    direction: &'static str,
+    object: String,
+    mode: &'static str,
+    quantize: Option<String>,
+    /// Item data bytes that crossed the connection (quantized size).
+    wire_bytes: u64,
+    /// Bytes written locally (restored size; the file's length).
+    restored_bytes: u64,
+    seconds: f64,
+    gb_per_s: f64,
+    /// The object's CRC-32, when known.
+    crc: Option<String>,
+    /// Bytes that a resumed transfer did not have to send again.
+    resumed_bytes: u64,
+    target: String,
 }
 
-async fn get(
-    url: &str,
-    output: PathBuf,
-    mode: GetMode,
+impl Summary {
+    fn print(&self, report: &Report, to_stdout: bool) -> Result<(), Failure> {
+        if report.json {
+            let line = serde_json::to_string(self)?;
+            if to_stdout {
+                eprintln!("{line}");
+            } else {
+                println!("{line}");
+            }
+        } else if !report.quiet {
+            let saving = if self.wire_bytes != self.restored_bytes && self.restored_bytes > 0 {
+                format!(
+                    " ({} bytes on the wire, {:.1}% of the restored size)",
+                    self.wire_bytes,
+                    self.wire_bytes as f64 / self.restored_bytes as f64 * 100.0
+                )
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "tensorwire: {} {} bytes{saving} in {:.2} s ({:.2} GB/s), verified: {}",
+                self.direction, self.restored_bytes, self.seconds, self.gb_per_s, self.target
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What `get` was asked for, after the URL's query and the flags are merged.
+struct GetRequest {
+    target: Target,
+    output: Output,
+    mode: Option<GetMode>,
     items: Option<Vec<String>>,
     quantize: Option<tensorwire::quant::Scheme>,
-    tuning: Tuning,
-) -> Result<(), BoxError> {
-    let (addr, name) = parse_url(url)?;
-    let client = Client::connect(&addr, tuning.config()).await.map_err(|e| format!("{addr}: {e}"))?;
-    let (mut opts, bar) = options(&name);
-    opts.chunk_size = tuning.chunk_size;
+}
+
+async fn get(req: GetRequest, report: Report, tuning: Tuning) -> Result<(), Failure> {
+    let GetRequest { target: t, output, mode, items, quantize } = req;
+    let items = items.or_else(|| t.items.clone());
+    let quantize = quantize.or(t.quantize);
+    let url_mode = match t.mode.as_deref() {
+        Some("container") => Some(GetMode::Container),
+        Some(_) => Some(GetMode::File),
+        None => None,
+    };
+    // --items and --quantize only mean something tensor by tensor.
+    let implied = (items.is_some() || quantize.is_some()).then_some(GetMode::Container);
+    let mode = mode.or(url_mode).or(implied).unwrap_or(GetMode::File);
+    if mode == GetMode::File && implied.is_some() {
+        return Err(Failure::usage("--items and --quantize work tensor by tensor: they need --mode container"));
+    }
+    if mode == GetMode::Container && output == Output::Stdout {
+        return Err(Failure::usage("container mode writes a safetensors file: give -o FILE, not -o -"));
+    }
+    let mut config = tuning.config();
+    if let Some(c) = t.chunk_size {
+        config.chunk_size = c;
+    }
+    let party = t.party();
+    let client = Client::connect(&t.addr, config).await.map_err(|e| Failure::transfer(&party, None, e))?;
+    let (mut opts, bar, wire) = options(&t.name, report.quiet);
+    opts.chunk_size = tuning.chunk_size.or(t.chunk_size);
     opts.quantize = quantize;
-    let started = std::time::Instant::now();
-    let result = match mode {
-        GetMode::File if items.is_some() || quantize.is_some() => {
-            Err("--items and --quantize need --mode container".into())
+    if report.verbose {
+        eprintln!(
+            "tensorwire: GET {} from {} (mode {}, items {:?}, quantize {:?})",
+            t.name,
+            t.addr,
+            if mode == GetMode::File { "file" } else { "container" },
+            items,
+            quantize.map(|q| q.as_str())
+        );
+    }
+    let started = Instant::now();
+    let local = match &output {
+        Output::File(p) => Some(p.clone()),
+        Output::Stdout => None,
+    };
+    let fail = |e: Error| Failure::transfer(&party, local.as_deref(), e);
+    let result: Result<(u64, Option<u32>), Failure> = match (&output, mode) {
+        (Output::File(path), GetMode::File) => {
+            client.get_file_with(&t.name, path, &opts).await.map(|got| (got.len, Some(got.crc))).map_err(fail)
         }
-        GetMode::File => client.get_file_with(&name, &output, &opts).await.map(|got| got.len).map_err(BoxError::from),
-        GetMode::Container => {
+        (Output::Stdout, _) => to_stdout(&client, &t.name, &opts).await.map_err(|e| e.named(&party)),
+        (Output::File(path), GetMode::Container) => {
             let cancel = opts.cancel.clone().unwrap_or_default();
             let work = async {
-                let retriever = client.retrieve(&name, items.as_deref(), &opts).await?;
-                retriever.write_safetensors(&output).await
+                let retriever = client.retrieve(&t.name, items.as_deref(), &opts).await?;
+                retriever.write_safetensors(path).await
             };
             tokio::select! {
-                r = work => r.map_err(BoxError::from),
-                _ = cancel.cancelled() => Err("cancelled".into()),
+                r = work => r.map(|len| (len, None)).map_err(fail),
+                _ = cancel.cancelled() => Err(fail(Error::Cancelled)),
             }
         }
     };
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let len = result?;
-    summary("received", len, started, &output.display().to_string());
-    Ok(())
+    let (restored, crc) = result?;
+    let seconds = started.elapsed().as_secs_f64();
+    let wire = match mode {
+        GetMode::File => restored,
+        GetMode::Container => wire.load(Ordering::Relaxed),
+    };
+    let summary = Summary {
+        direction: "received",
+        object: t.name.clone(),
+        mode: if mode == GetMode::File { "file" } else { "container" },
+        quantize: quantize.map(|q| q.to_string()),
+        wire_bytes: wire,
+        restored_bytes: restored,
+        seconds,
+        gb_per_s: rate(wire, seconds),
+        crc: crc.map(|c| format!("{c:#010x}")),
+        resumed_bytes: 0,
+        target: local.map_or_else(|| "standard output".to_string(), |p| p.display().to_string()),
+    };
+    summary.print(&report, output == Output::Stdout)
 }
 
-async fn put(file: PathBuf, url: &str, tuning: Tuning) -> Result<(), BoxError> {
-    let (addr, name) = parse_url(url)?;
-    let client = Client::connect(&addr, tuning.config()).await.map_err(|e| format!("{addr}: {e}"))?;
-    let (opts, bar) = options(&name);
-    let started = std::time::Instant::now();
-    let result = client.put_file_with(&file, &name, &opts).await;
+fn rate(bytes: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        bytes as f64 / secs / 1e9
+    } else {
+        0.0
+    }
+}
+
+/// Why writing to standard output failed: the transfer, or the output.
+enum StdoutError {
+    Transfer(Error),
+    Output(std::io::Error),
+}
+
+impl StdoutError {
+    fn named(self, party: &str) -> Failure {
+        match self {
+            StdoutError::Transfer(e) => Failure::transfer(party, None, e),
+            StdoutError::Output(e) => Failure::new(exit::LOCAL, format!("standard output: {e}")),
+        }
+    }
+}
+
+impl From<Error> for StdoutError {
+    fn from(e: Error) -> Self {
+        StdoutError::Transfer(e)
+    }
+}
+
+/// Streams a file-mode object's bytes to standard output as they arrive and
+/// verify. Standard output cannot be taken back: a transfer that fails late
+/// has written a prefix, and the exit code says it failed.
+async fn to_stdout(client: &Client, name: &str, opts: &TransferOptions) -> Result<(u64, Option<u32>), StdoutError> {
+    let cancel = opts.cancel.clone().unwrap_or_default();
+    let work = async {
+        let mut rx = client.get(name, opts).await?;
+        let mut asm = Assembler::new();
+        let mut out = std::io::stdout().lock();
+        let (mut written, mut total) = (0u64, None);
+        while let Some(frame) = rx.next_frame().await? {
+            asm.handle_frame(frame).map_err(Error::from)?;
+            while let Some(event) = asm.poll_event() {
+                match event {
+                    Event::Object(h) if h.mode != Mode::File => {
+                        return Err(Error::Protocol("not a file-mode object").into())
+                    }
+                    Event::Object(h) => total = h.total_len,
+                    // Standard output takes the bytes in order only.
+                    Event::Data { position, .. } if position != written => {
+                        return Err(Error::Protocol("chunks out of order cannot go to standard output").into())
+                    }
+                    Event::Data { data, .. } => {
+                        out.write_all(&data).map_err(StdoutError::Output)?;
+                        written += data.len() as u64;
+                        if let Some(p) = &opts.progress {
+                            p(Progress { done: written, total });
+                        }
+                    }
+                    Event::Aborted(a) => return Err(Error::Aborted { code: a.code, message: a.message }.into()),
+                    Event::Done(end) => {
+                        out.flush().map_err(StdoutError::Output)?;
+                        return Ok((end.len, Some(end.crc)));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Err(Error::Protocol("object ended without an object end").into())
+    };
+    tokio::select! {
+        r = work => r,
+        _ = cancel.cancelled() => Err(Error::Cancelled.into()),
+    }
+}
+
+async fn put(file: PathBuf, url: &str, report: Report, tuning: Tuning) -> Result<(), Failure> {
+    let t = target::parse_url(url)?;
+    if t.mode.is_some() || t.items.is_some() || t.quantize.is_some() {
+        return Err(Failure::usage(format!("{url}: a push takes no mode, items or quantize parameters")));
+    }
+    if !file.is_file() {
+        return Err(Failure::usage(format!("{}: not a readable file", file.display())));
+    }
+    let party = t.party();
+    let client = Client::connect(&t.addr, tuning.config()).await.map_err(|e| Failure::transfer(&party, None, e))?;
+    let (opts, bar, _) = options(&t.name, report.quiet);
+    if report.verbose {
+        eprintln!("tensorwire: PUT {} as {} to {}", file.display(), t.name, t.addr);
+    }
+    let started = Instant::now();
+    let result = client.put_file_with(&file, &t.name, &opts).await;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let got = result.map_err(|e| format!("{}: {e}", file.display()))?;
-    summary("sent", got.len, started, url);
-    Ok(())
+    let got = result.map_err(|e| Failure::transfer(&party, Some(&file), e))?;
+    let seconds = started.elapsed().as_secs_f64();
+    let summary = Summary {
+        direction: "sent",
+        object: t.name.clone(),
+        mode: "file",
+        quantize: None,
+        wire_bytes: got.len,
+        restored_bytes: got.len,
+        seconds,
+        gb_per_s: rate(got.len, seconds),
+        crc: Some(format!("{:#010x}", got.crc)),
+        resumed_bytes: 0,
+        target: url.to_string(),
+    };
+    summary.print(&report, false)
 }
 
-fn summary(what: &str, len: u64, started: std::time::Instant, target: &str) {
-    let secs = started.elapsed().as_secs_f64();
-    let rate = if secs > 0.0 { len as f64 / secs / 1e9 } else { 0.0 };
-    eprintln!("tensorwire: {what} {len} bytes in {secs:.2} s ({rate:.2} GB/s), verified: {target}");
-}
-
-fn inspect(file: PathBuf) -> Result<(), BoxError> {
-    let f = std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-    let meta = tensorwire::recv::validate_safetensors(&f).map_err(|e| format!("{}: {e}", file.display()))?;
+fn inspect(file: PathBuf) -> Result<(), Failure> {
+    let f = std::fs::File::open(&file).map_err(|e| Failure::local(&file, e))?;
+    let meta = tensorwire::recv::validate_safetensors(&f)
+        .map_err(|e| Failure::new(exit::INTEGRITY, format!("{}: {e}", file.display())))?;
     let tensors = meta.tensors();
     let mut total = 0u64;
     let mut params = 0u64;
@@ -391,63 +668,106 @@ fn inspect(file: PathBuf) -> Result<(), BoxError> {
 }
 
 /// Reads the object in 1 MiB pieces, so memory stays at about one frame.
-fn frames(path: &str, list_chunks: bool) -> Result<(), BoxError> {
+/// With `extract`, a file-mode body's bytes go to `extract` through a
+/// `.part` file that is renamed only once the object end verified.
+fn frames(path: &str, list_chunks: bool, extract: Option<PathBuf>) -> Result<(), Failure> {
     let mut input: Box<dyn Read> = if path == "-" {
         Box::new(std::io::stdin().lock())
     } else {
-        Box::new(std::fs::File::open(path).map_err(|e| format!("{path}: {e}"))?)
+        Box::new(std::fs::File::open(path).map_err(|e| Failure::local(std::path::Path::new(path), e))?)
     };
+    let damaged = |e: Error| Failure::new(exit::classify(&e), format!("{path}: {e}"));
+    let mut sink = match &extract {
+        Some(out) => Some(FileSink::create(out).map_err(|e| Failure::local(out, e))?),
+        None => None,
+    };
+    let mut asm = Assembler::new();
     let mut dec = FrameDecoder::new();
     let mut buf = BytesMut::new();
     let mut piece = vec![0u8; 1 << 20];
     let (mut chunks, mut bytes) = (0u64, 0u64);
+    let mut aborted = None;
     loop {
-        let n = input.read(&mut piece)?;
+        let n = input.read(&mut piece).map_err(|e| Failure::local(std::path::Path::new(path), e))?;
         buf.extend_from_slice(&piece[..n]);
         loop {
-            let next = if n == 0 { dec.decode_frame_eof(&mut buf)? } else { dec.decode_frame(&mut buf)? };
-            let Some(f) = next else { break };
+            let next = if n == 0 { dec.decode_frame_eof(&mut buf) } else { dec.decode_frame(&mut buf) };
+            let Some(f) = next.map_err(|e| damaged(e.into()))? else { break };
+            print_frame(&f, list_chunks);
             match &f {
                 Frame::Chunk(c) => {
                     chunks += 1;
                     bytes += c.data.len() as u64;
-                    if list_chunks {
-                        println!(
-                            "  chunk     item {} offset {} len {} crc {:#010x}",
-                            c.item,
-                            c.offset,
-                            c.data.len(),
-                            c.crc
-                        );
-                    }
                 }
-                Frame::ObjectHeader(h) => println!(
-                    "object    {:?} mode {} items {} total {}",
-                    h.name,
-                    h.mode.as_str(),
-                    h.items.map_or("?".into(), |n| n.to_string()),
-                    h.total_len.map_or("?".into(), |n| n.to_string())
-                ),
-                Frame::ItemHeader(h) => println!(
-                    "item {:<4} {:?} {} {:?} len {} encoding {}",
-                    h.item,
-                    h.name,
-                    h.dtype.map_or("bytes", |d| d.as_str()),
-                    h.shape.clone().unwrap_or_default(),
-                    h.len,
-                    h.encoding.scheme()
-                ),
-                Frame::ItemEnd(e) => println!("  end      item {} len {} crc {:#010x}", e.item, e.len, e.crc),
-                Frame::ObjectEnd(e) => println!("end       items {} len {} crc {:#010x}", e.items, e.len, e.crc),
-                Frame::Abort(a) => println!("abort     {} {:?}", a.code, a.message),
+                Frame::ObjectHeader(h) if sink.is_some() && h.mode != Mode::File => {
+                    return Err(Failure::usage(format!(
+                        "{path}: --extract takes a file-mode body; this one is {} mode",
+                        h.mode.as_str()
+                    )))
+                }
+                Frame::Abort(a) => aborted = Some(a.clone()),
+                _ => {}
+            }
+            asm.handle_frame(f).map_err(|e| damaged(e.into()))?;
+            while let Some(event) = asm.poll_event() {
+                match (event, &sink) {
+                    (Event::Data { position, data, .. }, Some(s)) => {
+                        s.write_at(position, &data).map_err(|e| Failure::transfer(path, extract.as_deref(), e))?
+                    }
+                    (Event::Done(end), _) => {
+                        if let (Some(s), Some(out)) = (sink.take(), &extract) {
+                            let safetensors = out.extension().is_some_and(|e| e == "safetensors");
+                            s.commit(end.len, safetensors).map_err(|e| Failure::transfer(path, Some(out), e))?;
+                        }
+                    }
+                    _ => {}
+                }
             }
         }
         if n == 0 {
             break;
         }
     }
+    // SPEC.md §4.6: an object that ends in an abort is a failed transfer.
+    if let Some(a) = aborted {
+        return Err(Failure::new(
+            exit::INTEGRITY,
+            format!("{path}: the object ends in an abort ({}): {}", a.code, a.message),
+        ));
+    }
     println!("verified: {chunks} chunks, {bytes} data bytes; every CRC and ordering rule checked");
+    if let Some(out) = extract {
+        println!("extracted: {} ({bytes} bytes)", out.display());
+    }
     Ok(())
+}
+
+fn print_frame(f: &Frame, list_chunks: bool) {
+    match f {
+        Frame::Chunk(c) if list_chunks => {
+            println!("  chunk     item {} offset {} len {} crc {:#010x}", c.item, c.offset, c.data.len(), c.crc)
+        }
+        Frame::Chunk(_) => {}
+        Frame::ObjectHeader(h) => println!(
+            "object    {:?} mode {} items {} total {}",
+            h.name,
+            h.mode.as_str(),
+            h.items.map_or("?".into(), |n| n.to_string()),
+            h.total_len.map_or("?".into(), |n| n.to_string())
+        ),
+        Frame::ItemHeader(h) => println!(
+            "item {:<4} {:?} {} {:?} len {} encoding {}",
+            h.item,
+            h.name,
+            h.dtype.map_or("bytes", |d| d.as_str()),
+            h.shape.clone().unwrap_or_default(),
+            h.len,
+            h.encoding.scheme()
+        ),
+        Frame::ItemEnd(e) => println!("  end      item {} len {} crc {:#010x}", e.item, e.len, e.crc),
+        Frame::ObjectEnd(e) => println!("end       items {} len {} crc {:#010x}", e.items, e.len, e.crc),
+        Frame::Abort(a) => println!("abort     {} {:?}", a.code, a.message),
+    }
 }
 
 /// NVFlare 2.6's published Table 2 for Llama-3.2-1B: peak memory of the

@@ -159,7 +159,7 @@ pub fn encode_span(encoding: &Encoding, dtype: Dtype, src: &[u8]) -> Result<Vec<
             let kind = if matches!(encoding, Encoding::Fp4 { .. }) { Kind::Fp4 } else { Kind::Nf4 };
             let b = block_size(*b)?;
             if *nested {
-                encode_nested(kind, b, dtype, src, &mut out);
+                encode_nested(kind, b, dtype, src, &mut out)?;
             } else {
                 let mut scratch = fourbit::Scratch::new(b);
                 for piece in src.chunks(b * width) {
@@ -177,12 +177,32 @@ pub fn encode_span(encoding: &Encoding, dtype: Dtype, src: &[u8]) -> Result<Vec<
     Ok(out)
 }
 
-fn encode_nested(kind: Kind, b: usize, dtype: Dtype, src: &[u8], out: &mut Vec<u8>) {
+/// SPEC.md §5.5.3: a nested record cannot carry a non-finite block absmax
+/// (nor the −f32::MAX of a block of only NaN) — one such block would move
+/// the group's offset and scale and turn every block of the group into
+/// NaN — so a span holding NaN or ±inf is refused here, naming the first
+/// offending element and the count in its group; the plain fp4/nf4 encodings
+/// keep bitsandbytes' behaviour, confined to the block.
+fn encode_nested(kind: Kind, b: usize, dtype: Dtype, src: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
     let width = dtype.bits() as usize / 8;
     let group = b * NESTED_GROUP_BLOCKS as usize;
     let mut x = vec![0f32; b];
     let mut scratch = fourbit::Scratch::new(b);
-    for g in src.chunks(group * width) {
+    let mut all = vec![0f32; group];
+    for (gi, g) in src.chunks(group * width).enumerate() {
+        let vals = &mut all[..g.len() / width];
+        read_into(dtype, g, vals);
+        let bad = vals.iter().filter(|v| !v.is_finite()).count();
+        if bad > 0 {
+            let first = gi * group + vals.iter().position(|v| !v.is_finite()).unwrap_or(0);
+            return Err(format!(
+                "{bad} non-finite value(s) (NaN or ±inf) in the group of {} values from element {}, the first at \
+                 element {first}: nested 4-bit cannot carry them without corrupting the whole group; \
+                 use fp4 or nf4 (bitsandbytes' behaviour, confined to the block)",
+                vals.len(),
+                gi * group
+            ));
+        }
         let blocks = (g.len() / width).div_ceil(b);
         let at = out.len();
         let codes_at = at + 8 + blocks;
@@ -207,6 +227,7 @@ fn encode_nested(kind: Kind, b: usize, dtype: Dtype, src: &[u8], out: &mut Vec<u
         out[at..at + 4].copy_from_slice(&offset.to_le_bytes());
         out[at + 4..at + 8].copy_from_slice(&absmax2.to_le_bytes());
     }
+    Ok(())
 }
 
 /// Decodes the wire bytes of a span holding `numel` values and appends them
@@ -303,4 +324,50 @@ pub fn decode_span(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f32_bytes(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    /// SPEC.md §5.5.3: one inf used to turn a whole nested group into NaN.
+    #[test]
+    fn nested_refuses_non_finite_values() {
+        let mut v: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) / 100.0).collect();
+        v[700] = f32::INFINITY;
+        v[701] = f32::NAN;
+        let enc = Encoding::Nf4 { block_size: 64, nested: true };
+        let e = encode_span(&enc, Dtype::F32, &f32_bytes(&v)).expect_err("refused");
+        assert!(e.contains("2 non-finite value(s)") && e.contains("first at element 700"), "{e}");
+    }
+
+    /// The plain 4-bit schemes keep bitsandbytes' behaviour: the inf's block
+    /// is lost, every other block decodes to finite values.
+    #[test]
+    fn plain_4bit_confines_non_finite_values_to_their_block() {
+        let mut v: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) / 100.0).collect();
+        v[700] = f32::INFINITY;
+        let enc = Encoding::Nf4 { block_size: 64, nested: false };
+        let wire = encode_span(&enc, Dtype::F32, &f32_bytes(&v)).expect("encodes");
+        let mut out = Vec::new();
+        decode_span(&enc, Dtype::F32, &wire, v.len(), &mut out).expect("decodes");
+        let back: Vec<f32> = out.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        for (i, x) in back.iter().enumerate() {
+            assert_eq!(x.is_finite(), i / 64 != 700 / 64, "element {i}: {x}");
+        }
+    }
+
+    #[test]
+    fn nested_still_encodes_finite_tensors() {
+        let v: Vec<f32> = (0..20_000).map(|i| ((i * 37 % 1000) as f32 - 500.0) / 100.0).collect();
+        let enc = Encoding::Fp4 { block_size: 64, nested: true };
+        let wire = encode_span(&enc, Dtype::F32, &f32_bytes(&v)).expect("encodes");
+        let mut out = Vec::new();
+        decode_span(&enc, Dtype::F32, &wire, v.len(), &mut out).expect("decodes");
+        assert_eq!(out.len(), v.len() * 4);
+    }
 }

@@ -255,7 +255,7 @@ impl ContainerStreamer {
     ///
     /// # Errors
     ///
-    /// [`Error::NotFound`] for a name the container does not hold (a lazy
+    /// [`Error::ItemNotFound`] for a name the container does not hold (a lazy
     /// source is checked as it goes: the object then ends with a NOT_FOUND
     /// abort).
     pub fn select(mut self, names: &[String]) -> Result<Self, Error> {
@@ -266,7 +266,7 @@ impl ContainerStreamer {
                     let at = items
                         .iter()
                         .position(|i| &i.meta().name == n)
-                        .ok_or_else(|| Error::NotFound { name: n.clone() })?;
+                        .ok_or_else(|| Error::ItemNotFound { object: self.name.clone(), item: n.clone() })?;
                     picked.extend(items.remove(at));
                 }
                 Source::Known(picked)
@@ -292,7 +292,7 @@ impl ContainerStreamer {
     /// The object header: counts and index when the tensors are known.
     pub fn object_header(&self) -> ObjectHeader {
         let mut h = ObjectHeader::new(self.name.clone(), Mode::Container);
-        h.chunk_size = u32::try_from(self.chunk).unwrap_or(u32::MAX);
+        h.chunk_size = u32::try_from(self.chunk_bound()).unwrap_or(u32::MAX);
         h.metadata.clone_from(&self.metadata);
         if let Source::Known(items) = &self.source {
             h.items = Some(items.len() as u64);
@@ -309,10 +309,26 @@ impl ContainerStreamer {
         h
     }
 
+    /// The largest chunk payload this streamer sends, which the object
+    /// header declares (SPEC.md §5.1): the chunk size, or one record of an
+    /// encoding where that is larger (chunks of encoded items are whole
+    /// records, SPEC.md §7.2).
+    fn chunk_bound(&self) -> usize {
+        let record = match &self.source {
+            Source::Known(items) => items.iter().map(Item::record).max().unwrap_or(1),
+            Source::Lazy { .. } => {
+                self.scheme.map_or(1, |s| s.encoding_for(crate::tensor::Dtype::F32).record_len() as usize)
+            }
+        };
+        self.chunk.max(record)
+    }
+
     /// The object's frames, produced as they are polled.
     pub fn frames(self) -> impl Stream<Item = Result<Frame, Error>> + Send + 'static {
+        let header = self.object_header();
         let state = Frames {
-            header: Some(self.object_header()),
+            bound: header.chunk_size as usize,
+            header: Some(header),
             streamer: self,
             enc: ObjectEncoder::new(),
             open: None,
@@ -324,6 +340,8 @@ impl ContainerStreamer {
 
 struct Frames {
     streamer: ContainerStreamer,
+    /// The chunk size the object header declared: no chunk may exceed it.
+    bound: usize,
     header: Option<ObjectHeader>,
     enc: ObjectEncoder,
     open: Option<(Item, usize)>,
@@ -350,6 +368,13 @@ impl Frames {
             if *sent < item.len() {
                 // SPEC.md §7.2: chunks of encoded items are whole records.
                 let record = item.record();
+                // SPEC.md §5.1: no chunk may exceed the declared chunk size.
+                if record > self.bound {
+                    return Err(Error::Tensor {
+                        name: item.meta.name.clone(),
+                        reason: format!("its {record}-byte records exceed the declared {}-byte chunks", self.bound),
+                    });
+                }
                 let chunk = (self.streamer.chunk / record).max(1) * record;
                 let end = (*sent + chunk).min(item.len());
                 let data = item.slice(*sent..end)?;
@@ -474,7 +499,7 @@ mod tests {
         let (_, got) = round_trip(s)?;
         assert_eq!(got.iter().map(Tensor::name).collect::<Vec<_>>(), ["c", "a"]);
         let missing = ContainerStreamer::from_map("m", Arc::new(model())).select(&["zz".into()]);
-        assert!(matches!(missing, Err(Error::NotFound { .. })));
+        assert!(matches!(missing, Err(Error::ItemNotFound { .. })));
         Ok(())
     }
 

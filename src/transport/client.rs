@@ -182,7 +182,7 @@ impl Client {
         let response = response.await?;
         let (head, body) = response.into_parts();
         if head.status != StatusCode::OK {
-            return Err(status_error(head.status, body, name).await);
+            return Err(status_error(&head, body, name).await);
         }
         let content_type = head.headers.get("content-type").and_then(|v| v.to_str().ok());
         if content_type != Some(CONTENT_TYPE) {
@@ -257,7 +257,22 @@ impl Client {
             query.push(format!("items={}", encoded.join(",")));
         }
         let rx = self.request_object(name, &query, opts).await?;
-        Ok(ObjectRetriever::new(rx.into_stream()))
+        let frames = rx.into_stream();
+        let Some(progress) = opts.progress.clone() else {
+            return Ok(ObjectRetriever::new(frames));
+        };
+        // Progress counts item data on the wire (quantized bytes when the
+        // server quantizes), out of the object header's total.
+        let (mut done, mut total) = (0u64, None);
+        let frames = frames.inspect(move |f| match f {
+            Ok(Frame::ObjectHeader(h)) => total = h.total_len,
+            Ok(Frame::Chunk(c)) => {
+                done += c.data.len() as u64;
+                progress(Progress { done, total });
+            }
+            _ => {}
+        });
+        Ok(ObjectRetriever::new(Box::pin(frames)))
     }
 
     async fn push(
@@ -275,24 +290,36 @@ impl Client {
             let mut tx = FrameSender::new(stream, &self.config);
             let progress = opts.progress.clone();
             let mut done = 0u64;
-            let frames = frames.inspect(|f| {
-                if let (Ok(Frame::Chunk(c)), Some(p)) = (f, &progress) {
+            let mut sent_end = None;
+            let frames = frames.inspect(|f| match f {
+                Ok(Frame::Chunk(c)) => {
                     done += c.data.len() as u64;
-                    p(Progress { done, total });
+                    if let Some(p) = &progress {
+                        p(Progress { done, total });
+                    }
                 }
+                Ok(Frame::ObjectEnd(end)) => sent_end = Some(*end),
+                _ => {}
             });
             let sent = send_all(&mut tx, frames).await;
             // The server may answer before reading everything (a refusal).
             let response = response.await?;
             let (head, body) = response.into_parts();
             if !head.status.is_success() {
-                return Err(status_error(head.status, body, name).await);
+                return Err(status_error(&head, body, name).await);
             }
             sent?;
             let body = read_small(body).await?;
+            // What this side sent is what was pushed; where the server echoes
+            // what it stored (file pushes do), the two must agree.
+            let end = sent_end.ok_or(Error::Protocol("the pushed object had no object end"))?;
             let summary: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            let field = |k: &str| summary.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
-            Ok(Transfer { len: field("len"), items: field("items"), crc: field("crc") as u32 })
+            let echoed = |k: &str| summary.get(k).and_then(serde_json::Value::as_u64);
+            let sent = [("len", end.len), ("items", end.items), ("crc", u64::from(end.crc))];
+            if sent.iter().any(|(k, v)| echoed(k).is_some_and(|e| e != *v)) {
+                return Err(Error::Protocol("the server stored a different object than the one sent"));
+            }
+            Ok(Transfer { len: end.len, items: end.items, crc: end.crc })
         })
         .await
     }
@@ -306,6 +333,9 @@ impl Client {
             .map_err(|_| Error::InvalidName { name: path.to_string(), reason: "not a valid request path" })
     }
 }
+
+/// The header naming the item of a 404 for a missing item (SPEC.md §8.5).
+pub(crate) const MISSING_ITEM: &str = "tensorwire-missing-item";
 
 /// Characters escaped in a query value: everything but unreserved ones.
 const QUERY_VALUE: &percent_encoding::AsciiSet =
@@ -326,9 +356,15 @@ async fn cancellable<T>(
     }
 }
 
-async fn status_error(status: StatusCode, body: h2::RecvStream, name: &str) -> Error {
+async fn status_error(head: &http::response::Parts, body: h2::RecvStream, name: &str) -> Error {
+    let status = head.status;
     if status == StatusCode::NOT_FOUND {
-        return Error::NotFound { name: name.to_string() };
+        // SPEC.md §8.5: a missing item is named in a header.
+        let item = head.headers.get(MISSING_ITEM).and_then(|v| v.to_str().ok());
+        return match item.and_then(|v| percent_encoding::percent_decode_str(v).decode_utf8().ok()) {
+            Some(item) => Error::ItemNotFound { object: name.to_string(), item: item.into_owned() },
+            None => Error::NotFound { name: name.to_string() },
+        };
     }
     let body = read_small(body).await.unwrap_or_default();
     let message = String::from_utf8_lossy(&body[..body.len().min(512)]).trim().to_string();

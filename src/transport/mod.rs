@@ -69,6 +69,10 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Most concurrent streams a server accepts per connection.
     pub max_concurrent_streams: u32,
+    /// The smallest chunk size a server sends when a client asks for a
+    /// smaller one (SPEC.md §8.2: requests are clamped to
+    /// `min_chunk_size ..= min(max_payload, MAX_CHUNK_BYTES)`).
+    pub min_chunk_size: u32,
 }
 
 impl Default for Config {
@@ -83,11 +87,21 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_concurrent_streams: 128,
+            min_chunk_size: crate::wire::MIN_CHUNK_BYTES,
         }
     }
 }
 
 impl Config {
+    /// The chunk size a server sends when asked for `asked` bytes (its own
+    /// `chunk_size` when not asked): clamped into the sane range, never
+    /// above what a receiver accepts by default (SPEC.md §8.2).
+    pub fn served_chunk_size(&self, asked: Option<u32>) -> u32 {
+        let max = self.limits.max_payload.clamp(1, crate::wire::MAX_CHUNK_BYTES);
+        let min = self.min_chunk_size.clamp(1, max);
+        asked.unwrap_or(self.chunk_size).clamp(min, max)
+    }
+
     pub(crate) fn frame_size(&self) -> u32 {
         self.max_frame_size.clamp(16 << 10, (16 << 20) - 1)
     }

@@ -237,11 +237,12 @@ async fn handle(req: Request<RecvStream>, mut respond: SendResponse<EncodedFrame
         _ => Err(Reply::status(StatusCode::METHOD_NOT_ALLOWED, "only GET and PUT")),
     };
     if let Err(reply) = result {
-        let resp = Response::builder()
-            .status(reply.status)
-            .header("content-type", "text/plain; charset=utf-8")
-            .body(())
-            .unwrap_or_default();
+        let mut resp = Response::builder().status(reply.status).header("content-type", "text/plain; charset=utf-8");
+        if let Some(item) = &reply.missing_item {
+            let encoded = percent_encoding::utf8_percent_encode(item, percent_encoding::NON_ALPHANUMERIC);
+            resp = resp.header(super::client::MISSING_ITEM, encoded.to_string());
+        }
+        let resp = resp.body(()).unwrap_or_default();
         if let Ok(mut stream) = respond.send_response(resp, false) {
             let _ = stream.send_data(EncodedFrame::from_bytes(Bytes::from(reply.message + "\n")), true);
         }
@@ -252,11 +253,12 @@ async fn handle(req: Request<RecvStream>, mut respond: SendResponse<EncodedFrame
 struct Reply {
     status: StatusCode,
     message: String,
+    missing_item: Option<String>,
 }
 
 impl Reply {
     fn status(status: StatusCode, message: impl Into<String>) -> Self {
-        Reply { status, message: message.into() }
+        Reply { status, message: message.into(), missing_item: None }
     }
 }
 
@@ -264,13 +266,17 @@ impl From<Error> for Reply {
     fn from(e: Error) -> Self {
         let status = match &e {
             Error::InvalidName { .. } => StatusCode::BAD_REQUEST,
-            Error::NotFound { .. } => StatusCode::NOT_FOUND,
+            Error::NotFound { .. } | Error::ItemNotFound { .. } => StatusCode::NOT_FOUND,
             Error::Tensor { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Safetensors(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Decode(_) | Error::Aborted { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        Reply::status(status, e.to_string())
+        let mut reply = Reply::status(status, e.to_string());
+        if let Error::ItemNotFound { item, .. } = &e {
+            reply.missing_item = Some(item.clone());
+        }
+        reply
     }
 }
 
@@ -284,11 +290,11 @@ async fn get(
     shared: &Shared,
 ) -> Result<(), Reply> {
     let name = shared.registry.decode_name(req.uri().path())?;
-    let chunk = match query(req, "chunk_size") {
-        Some(v) => v.parse::<u32>().map_err(|_| Reply::status(StatusCode::BAD_REQUEST, "bad chunk_size"))?,
-        None => shared.config.chunk_size,
+    let asked = match query(req, "chunk_size") {
+        Some(v) => Some(v.parse::<u32>().map_err(|_| Reply::status(StatusCode::BAD_REQUEST, "bad chunk_size"))?),
+        None => None,
     };
-    let chunk = chunk.clamp(1, shared.config.limits.max_payload.min(crate::wire::Limits::DEFAULT_MAX_PAYLOAD)) as usize;
+    let chunk = shared.config.served_chunk_size(asked) as usize;
     let items = match query(req, "items") {
         Some(list) => Some(decode_list(list)?),
         None => None,

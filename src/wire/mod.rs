@@ -35,7 +35,7 @@ mod sequence;
 mod test_util;
 
 pub use decoder::FrameDecoder;
-pub use encoder::{EncodeError, FrameEncoder, ObjectEncoder, DEFAULT_CHUNK_BYTES};
+pub use encoder::{EncodeError, FrameEncoder, ObjectEncoder, DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, MIN_CHUNK_BYTES};
 pub use error::DecodeError;
 pub use frame::{
     Abort, AbortCode, Chunk, EncodedFrame, Frame, IndexEntry, ItemEnd, ItemHeader, ObjectEnd, ObjectHeader,

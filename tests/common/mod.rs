@@ -120,6 +120,8 @@ pub fn small_config() -> Config {
         max_frame_size: 64 << 10,
         max_send_buffer: 256 << 10,
         chunk_size: 100_000,
+        // Small chunks on small test objects: several chunks per tensor.
+        min_chunk_size: 1,
         idle_timeout: std::time::Duration::from_secs(20),
         ..Config::default()
     }
