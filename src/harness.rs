@@ -372,7 +372,7 @@ pub fn shape_named(name: &str) -> Option<LlamaShape> {
     })
 }
 
-/// The demo's model: Llama-shaped, 374 MiB in fp32.
+/// The demo's model: Llama-shaped, 357.0 MiB in fp32.
 pub const DEMO: LlamaShape =
     LlamaShape { layers: 4, hidden: 1024, intermediate: 4096, heads: 16, kv_heads: 4, vocab: 16_000 };
 

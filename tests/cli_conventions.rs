@@ -287,3 +287,28 @@ fn interrupted_get_exits_130_and_leaves_nothing() {
     assert_eq!(got.status.code(), Some(130), "{}", stderr(&got));
     assert!(!out.exists());
 }
+
+/// A quantized pull of a tensor holding ±inf warns with the count; nested
+/// 4-bit refuses it instead of returning an all-NaN tensor with exit 0.
+#[test]
+fn non_finite_values_are_reported_and_nested_refuses_them() {
+    let s = Serve::start("nonfinite", &[]);
+    let mut vals: Vec<f32> = (0..4096).map(|i| (i as f32 - 2048.0) / 1000.0).collect();
+    vals[100] = f32::INFINITY;
+    let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![4096], &bytes).expect("view");
+    s.file("inf.safetensors", &safetensors::serialize([("w", view)], None).expect("serialize"));
+    let out = s.dir.join("q.safetensors");
+    let url = format!("{}/objects/inf.safetensors", s.addr);
+    let o = tw(&["get", &url, "--quantize", "nf4", "-o", out.to_str().expect("utf-8")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // bitsandbytes' behaviour: the inf's block of 64 comes back non-finite.
+    assert!(
+        stderr(&o).contains("warning: 64 non-finite values (NaN or ±inf) in 1 tensor(s) restored from nf4: w (64)"),
+        "{}",
+        stderr(&o)
+    );
+    let o = tw(&["get", &url, "--quantize", "nf4-nested", "-o", out.to_str().expect("utf-8")]);
+    assert_eq!(o.status.code(), Some(6), "the server refuses the tensor: {}", stderr(&o));
+    assert!(stderr(&o).contains("non-finite"), "{}", stderr(&o));
+}

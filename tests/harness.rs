@@ -38,3 +38,22 @@ fn bench_memory_runs_every_mode_and_cleans_up() {
     assert_eq!(std::fs::read_dir(&dir).expect("dir").count(), 0, "temporary files left in {}", dir.display());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A small model is not compared with NVFlare's 5.7 GB figures by ratio
+/// ("358x faster" for a 357 MiB model was not like with like).
+#[test]
+fn small_models_show_no_ratios_against_the_full_model() {
+    let dir = std::env::temp_dir().join(format!("tw-harness-ratio-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_tensorwire"))
+        .args(["bench", "memory", "--shape", "tiny", "--modes", "file,container", "--dir"])
+        .arg(&dir)
+        .output()
+        .expect("run bench");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("file streaming | 19176 | 170 |"), "{text}");
+    assert!(!text.contains("x faster") && !text.contains("x less"), "{text}");
+    assert!(text.contains("no ratios are shown"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

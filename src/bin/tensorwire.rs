@@ -29,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "tensorwire/exit.rs"]
 mod exit;
+#[path = "tensorwire/nonfinite.rs"]
+mod nonfinite;
 #[path = "tensorwire/target.rs"]
 mod target;
 
@@ -151,7 +153,7 @@ enum BenchWhat {
     /// Peak memory and time of every way of sending a model, each side its
     /// own process on loopback, beside NVFlare 2.6's published numbers.
     Memory {
-        /// `tiny`, `small` (120.5 MiB), `demo` (356.8 MiB) or `llama-3.2-1b`
+        /// `tiny` (2.1 MiB), `small` (120.5 MiB), `demo` (357.0 MiB) or `llama-3.2-1b`
         /// (5,716.3 MiB), sizes in fp32.
         #[arg(long, default_value = "small")]
         shape: String,
@@ -505,6 +507,9 @@ async fn get(req: GetRequest, report: Report, tuning: Tuning) -> Result<(), Fail
     }
     let (restored, crc) = result?;
     let seconds = started.elapsed().as_secs_f64();
+    if let (Some(scheme), Some(path)) = (quantize, &local) {
+        warn_nonfinite(path, scheme);
+    }
     let wire = match mode {
         GetMode::File => restored,
         GetMode::Container => wire.load(Ordering::Relaxed),
@@ -523,6 +528,24 @@ async fn get(req: GetRequest, report: Report, tuning: Tuning) -> Result<(), Fail
         target: local.map_or_else(|| "standard output".to_string(), |p| p.display().to_string()),
     };
     summary.print(&report, output == Output::Stdout)
+}
+
+/// Warns, with counts, when a quantized pull restored NaN or ±inf values.
+fn warn_nonfinite(path: &std::path::Path, scheme: tensorwire::quant::Scheme) {
+    match nonfinite::count(path) {
+        Ok(found) if !found.is_empty() => {
+            let total: u64 = found.iter().map(|(_, n)| n).sum();
+            let names: Vec<String> = found.iter().take(5).map(|(t, n)| format!("{t} ({n})")).collect();
+            eprintln!(
+                "tensorwire: warning: {total} non-finite values (NaN or ±inf) in {} tensor(s) restored from {scheme}: {}{}",
+                found.len(),
+                names.join(", "),
+                if found.len() > 5 { ", ..." } else { "" }
+            );
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("tensorwire: warning: could not check {} for non-finite values: {e}", path.display()),
+    }
 }
 
 fn rate(bytes: u64, secs: f64) -> f64 {
@@ -857,23 +880,32 @@ fn bench_memory(
     }
     let find = |m: BenchMode| rows.iter().find(|r| r.mode == m.label());
     let ours = |m: BenchMode| find(m).map(|r| (mib(r.sender.hwm_kib) + mib(r.receiver.hwm_kib), r.secs));
+    let full = shape_name == "llama-3.2-1b";
     println!(
-        "\nNVFlare 2.6's published Table 2 (Llama-3.2-1B, whole machine) beside tensorwire's (both processes added):\n"
+        "\nNVFlare 2.6's published Table 2 (Llama-3.2-1B, 5,716.3 MiB in fp32, whole machine) beside tensorwire's (both processes added):\n"
     );
-    println!("| setting | NVFlare peak (MB) | NVFlare time (s) | tensorwire peak (MiB) | tensorwire time (s) | peak ratio | time ratio |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    if full {
+        println!("| setting | NVFlare peak (MB) | NVFlare time (s) | tensorwire peak (MiB) | tensorwire time (s) | peak ratio | time ratio |");
+        println!("|---|---:|---:|---:|---:|---:|---:|");
+    } else {
+        println!("| setting | NVFlare peak (MB), 5.7 GB model | NVFlare time (s), 5.7 GB model | tensorwire peak (MiB), this model | tensorwire time (s), this model |");
+        println!("|---|---:|---:|---:|---:|");
+    }
     let ours = [ours(BenchMode::Regular), ours(BenchMode::ContainerLazy), ours(BenchMode::File)];
     for ((name, mb, secs), ours) in NVFLARE.iter().zip(ours) {
-        if let Some((peak, t)) = ours {
-            println!(
+        match ours {
+            // Like with like: ratios only when both sent the same model.
+            Some((peak, t)) if full => println!(
                 "| {name} | {mb:.0} | {secs:.0} | {peak:.1} | {t:.2} | {:.0}x less | {:.0}x faster |",
                 mb / (peak * 1.048576),
                 secs / t
-            );
+            ),
+            Some((peak, t)) => println!("| {name} | {mb:.0} | {secs:.0} | {peak:.1} | {t:.2} |"),
+            None => {}
         }
     }
-    if shape_name != "llama-3.2-1b" {
-        println!("\n(this model is {:.1}% of Llama-3.2-1B; `tensorwire bench memory --shape llama-3.2-1b` runs the full comparison)", model_mib / 5716.26 * 100.0);
+    if !full {
+        println!("\n(this model is {model_mib:.1} MiB, {:.1}% of Llama-3.2-1B, so no ratios are shown: NVFlare's figures are for the full model; `tensorwire bench memory --shape llama-3.2-1b` runs the like-for-like comparison)", model_mib / 5716.26 * 100.0);
     }
     eprintln!(
         "tensorwire: done in {:.1} s{}",
