@@ -312,3 +312,23 @@ fn non_finite_values_are_reported_and_nested_refuses_them() {
     assert_eq!(o.status.code(), Some(6), "the server refuses the tensor: {}", stderr(&o));
     assert!(stderr(&o).contains("non-finite"), "{}", stderr(&o));
 }
+
+/// An HTTP/1.1 server is named as such, not as "frame with invalid size".
+#[test]
+fn an_http1_server_is_called_what_it_is() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    let dir = std::env::temp_dir();
+    let o = tw(&["get", &format!("{addr}/objects/m"), "-o", dir.join("tw-h1-never").to_str().expect("utf-8")]);
+    let _ = server.join();
+    assert!(stderr(&o).contains("does not speak HTTP/2") && stderr(&o).contains("HTTP/1.1"), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+}

@@ -28,13 +28,19 @@ pub(crate) struct FrameSender {
     staged: BytesMut,
     idle: Duration,
     counter: Option<Arc<std::sync::atomic::AtomicU64>>,
+    sent: u64,
 }
 
 impl FrameSender {
     pub(crate) fn new(stream: SendStream<EncodedFrame>, config: &Config) -> Self {
         let mut staged = BytesMut::with_capacity(COALESCE_BYTES);
         staged.put_slice(&preamble());
-        FrameSender { stream, staged, idle: config.idle_timeout, counter: None }
+        FrameSender { stream, staged, idle: config.idle_timeout, counter: None, sent: 0 }
+    }
+
+    /// Bytes handed to h2 so far on this stream.
+    pub(crate) fn sent(&self) -> u64 {
+        self.sent
     }
 
     /// Counts every byte handed to h2 in `counter`.
@@ -92,6 +98,7 @@ impl FrameSender {
                 .await
                 .map_err(|_| Error::Timeout("send capacity"))??;
             let part = buf.split_to(granted.min(buf.remaining()));
+            self.sent += part.remaining() as u64;
             if let Some(c) = &self.counter {
                 c.fetch_add(part.remaining() as u64, std::sync::atomic::Ordering::Relaxed);
             }
@@ -136,6 +143,7 @@ pub struct FrameReceiver {
     idle: Duration,
     eof: bool,
     received: u64,
+    counter: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl FrameReceiver {
@@ -148,12 +156,19 @@ impl FrameReceiver {
             idle: config.idle_timeout,
             eof: false,
             received: 0,
+            counter: Arc::default(),
         }
     }
 
     /// Body bytes received so far.
     pub fn received(&self) -> u64 {
         self.received
+    }
+
+    /// A counter of the body bytes received, that outlives the receiver
+    /// (for a handler that consumes it as a stream).
+    pub(crate) fn counter(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        Arc::clone(&self.counter)
     }
 
     /// The next frame, or `None` after a complete object.
@@ -188,6 +203,7 @@ impl FrameReceiver {
                 Ok(Some(Ok(data))) => {
                     let n = data.len();
                     self.received += n as u64;
+                    self.counter.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                     if self.buf.is_empty() {
                         self.pending = data;
                     } else {

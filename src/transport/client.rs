@@ -167,6 +167,10 @@ impl Client {
         query: &[String],
         opts: &TransferOptions,
     ) -> Result<FrameReceiver, Error> {
+        if name.is_empty() {
+            // `/objects/` is the listing (SPEC.md §8.7), not an object.
+            return Err(Error::InvalidName { name: String::new(), reason: "empty" });
+        }
         let mut query = query.to_vec();
         if let Some(chunk) = opts.chunk_size {
             query.push(format!("chunk_size={chunk}"));
@@ -177,9 +181,9 @@ impl Client {
             path.push_str(&query.join("&"));
         }
         let req = self.request(Method::GET, &path)?;
-        let mut send = self.send.clone().ready().await?;
+        let mut send = self.send.clone().ready().await.map_err(not_h2)?;
         let (response, _) = send.send_request(req, true)?;
-        let response = response.await?;
+        let response = response.await.map_err(not_h2)?;
         let (head, body) = response.into_parts();
         if head.status != StatusCode::OK {
             return Err(status_error(&head, body, name).await);
@@ -285,7 +289,7 @@ impl Client {
         cancellable(opts, async {
             let mut req = self.request(Method::PUT, &object_path(name))?;
             req.headers_mut().insert("content-type", http::HeaderValue::from_static(CONTENT_TYPE));
-            let mut send = self.send.clone().ready().await?;
+            let mut send = self.send.clone().ready().await.map_err(not_h2)?;
             let (response, stream) = send.send_request(req, false)?;
             let mut tx = FrameSender::new(stream, &self.config);
             let progress = opts.progress.clone();
@@ -303,7 +307,7 @@ impl Client {
             });
             let sent = send_all(&mut tx, frames).await;
             // The server may answer before reading everything (a refusal).
-            let response = response.await?;
+            let response = response.await.map_err(not_h2)?;
             let (head, body) = response.into_parts();
             if !head.status.is_success() {
                 return Err(status_error(&head, body, name).await);
@@ -332,6 +336,15 @@ impl Client {
             .body(())
             .map_err(|_| Error::InvalidName { name: path.to_string(), reason: "not a valid request path" })
     }
+}
+
+/// An HTTP/1.x server answers an HTTP/2 preface with a status line, which
+/// h2 reads as a frame of invalid size: say what is really wrong.
+fn not_h2(e: h2::Error) -> Error {
+    if e.is_library() && e.reason() == Some(h2::Reason::FRAME_SIZE_ERROR) {
+        return Error::Protocol("the server does not speak HTTP/2 with prior knowledge (an HTTP/1.1 server?)");
+    }
+    Error::Http(e)
 }
 
 /// The header naming the item of a 404 for a missing item (SPEC.md §8.5).

@@ -23,6 +23,7 @@
 
 pub(crate) mod body;
 mod client;
+mod metrics;
 mod registry;
 mod server;
 
@@ -30,7 +31,7 @@ use std::time::Duration;
 
 pub use body::{FrameReceiver, FrameStream, Progress, ProgressFn};
 pub use client::{Client, Transfer, TransferOptions};
-pub use registry::{ContainerSource, PushHandler, Registry};
+pub use registry::{ContainerSource, Listed, PushHandler, Registry, MAX_LISTED};
 pub use server::{Server, ServerHandle};
 
 use crate::wire::Limits;

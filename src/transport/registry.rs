@@ -188,6 +188,79 @@ impl Registry {
     }
 }
 
+/// One object of a listing (`GET /objects`, SPEC.md §8.7).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Listed {
+    /// The object's name.
+    pub name: String,
+    /// Its length in bytes (a container's: its tensors' bytes).
+    pub bytes: u64,
+    /// Last modification, seconds since the Unix epoch (files only).
+    pub modified: Option<u64>,
+    /// Tensors, for safetensors files and containers.
+    pub tensors: Option<u64>,
+}
+
+/// The most objects a listing holds: a bound on the work one request causes.
+pub const MAX_LISTED: usize = 10_000;
+
+impl Registry {
+    /// The objects served: registered files, every regular file under the
+    /// root (symbolic links and hidden names are not followed or listed),
+    /// and containers — at most [`MAX_LISTED`], sorted by name. Reads each
+    /// safetensors file's header only. Blocking.
+    pub fn list(&self) -> Vec<Listed> {
+        let mut out: Vec<Listed> = Vec::new();
+        for (name, path) in &self.files {
+            if let Some(l) = listed_file(name.clone(), path) {
+                out.push(l);
+            }
+        }
+        if let Some(root) = &self.root {
+            let mut dirs = vec![(root.clone(), String::new())];
+            while let Some((dir, prefix)) = dirs.pop() {
+                let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+                for entry in entries.flatten() {
+                    if out.len() >= MAX_LISTED {
+                        break;
+                    }
+                    let Some(file) = entry.file_name().to_str().map(str::to_string) else { continue };
+                    if file.starts_with('.') || file.ends_with(".part") {
+                        continue;
+                    }
+                    let Ok(kind) = entry.file_type() else { continue };
+                    let name = format!("{prefix}{file}");
+                    if kind.is_dir() {
+                        dirs.push((entry.path(), format!("{name}/")));
+                    } else if kind.is_file() {
+                        out.extend(listed_file(name, &entry.path()));
+                    }
+                }
+            }
+        }
+        for (name, source) in &self.containers {
+            let model = source();
+            let bytes = model.values().map(|t| t.data().len() as u64).sum();
+            out.push(Listed { name: name.clone(), bytes, modified: None, tensors: Some(model.len() as u64) });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out.truncate(MAX_LISTED);
+        out
+    }
+}
+
+fn listed_file(name: String, path: &Path) -> Option<Listed> {
+    let file = std::fs::File::open(path).ok()?;
+    let meta = file.metadata().ok()?;
+    let modified = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs());
+    let tensors = if name.ends_with(".safetensors") {
+        crate::recv::validate_safetensors(&file).ok().map(|m| m.tensors().len() as u64)
+    } else {
+        None
+    };
+    Some(Listed { name, bytes: meta.len(), modified, tensors })
+}
+
 /// `root/name` when every component of `name` is a normal one.
 fn checked_join(root: &Path, name: &str) -> Option<PathBuf> {
     let rel = Path::new(name);

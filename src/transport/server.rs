@@ -52,6 +52,8 @@ pub struct Server {
 struct Shared {
     registry: Registry,
     config: Config,
+    metrics: super::metrics::Metrics,
+    draining: Arc<std::sync::atomic::AtomicBool>,
     active: Arc<AtomicUsize>,
     started: Arc<AtomicU64>,
     sent: Arc<AtomicU64>,
@@ -61,6 +63,7 @@ struct Shared {
 #[derive(Debug, Clone)]
 pub struct ServerHandle {
     stop: watch::Sender<bool>,
+    draining: Arc<std::sync::atomic::AtomicBool>,
     active: Arc<AtomicUsize>,
     started: Arc<AtomicU64>,
     sent: Arc<AtomicU64>,
@@ -70,7 +73,14 @@ impl ServerHandle {
     /// Stops accepting connections and asks every connection to close once
     /// its transfers are done (HTTP/2 GOAWAY).
     pub fn shutdown(&self) {
+        self.draining.store(true, Ordering::SeqCst);
         let _ = self.stop.send(true);
+    }
+
+    /// Whether [`ServerHandle::shutdown`] was called: `/healthz` answers
+    /// 503 from then on.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
     }
 
     /// Requests being handled right now (a cancelled transfer stops counting
@@ -128,6 +138,8 @@ impl Server {
         let shared = Arc::new(Shared {
             registry,
             config,
+            metrics: super::metrics::Metrics::new(),
+            draining: Arc::default(),
             active: Arc::default(),
             started: Arc::default(),
             sent: Arc::default(),
@@ -144,6 +156,7 @@ impl Server {
     pub fn handle(&self) -> ServerHandle {
         ServerHandle {
             stop: self.shutdown.clone(),
+            draining: Arc::clone(&self.shared.draining),
             active: Arc::clone(&self.shared.active),
             started: Arc::clone(&self.shared.started),
             sent: Arc::clone(&self.shared.sent),
@@ -186,7 +199,15 @@ impl Server {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (_never, stop) = watch::channel(false);
-        let shared = Shared { registry, config, active: Arc::default(), started: Arc::default(), sent: Arc::default() };
+        let shared = Shared {
+            registry,
+            config,
+            metrics: super::metrics::Metrics::new(),
+            draining: Arc::default(),
+            active: Arc::default(),
+            started: Arc::default(),
+            sent: Arc::default(),
+        };
         serve(io, Arc::new(shared), stop).await
     }
 }
@@ -195,6 +216,7 @@ async fn serve<IO>(io: IO, shared: Arc<Shared>, mut stop: watch::Receiver<bool>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let _open = GaugeGuard::new(&shared.metrics.active_connections);
     let c = &shared.config;
     let mut conn = h2::server::Builder::new()
         .initial_window_size(c.stream_window)
@@ -228,22 +250,187 @@ where
     Ok(())
 }
 
+/// Holds a gauge up by one for as long as it lives.
+struct GaugeGuard(prometheus_client::metrics::gauge::Gauge);
+
+impl GaugeGuard {
+    fn new(gauge: &prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        GaugeGuard(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// What a request did, for its log line and the metrics.
+#[derive(Debug, Default)]
+struct Outcome {
+    mode: &'static str,
+    quantize: Option<String>,
+    /// Body bytes sent (pulls) or received (pushes).
+    wire_bytes: u64,
+    /// Item data bytes of the object, when known.
+    object_bytes: Option<u64>,
+    /// A failure after the response head was sent (the body was aborted).
+    error: Option<String>,
+}
+
+/// The methods `/objects/{name}` answers; anything else is a 405.
+const ALLOW: &str = "GET, HEAD, PUT";
+
 async fn handle(req: Request<RecvStream>, mut respond: SendResponse<EncodedFrame>, shared: &Shared) {
     let _active = ActiveGuard::new(&shared.active);
     shared.started.fetch_add(1, Ordering::SeqCst);
-    let result = match *req.method() {
-        Method::GET => get(&req, &mut respond, shared).await,
-        Method::PUT => put(req, &mut respond, shared).await,
-        _ => Err(Reply::status(StatusCode::METHOD_NOT_ALLOWED, "only GET and PUT")),
-    };
-    if let Err(reply) = result {
-        let mut resp = Response::builder().status(reply.status).header("content-type", "text/plain; charset=utf-8");
-        if let Some(item) = &reply.missing_item {
-            let encoded = percent_encoding::utf8_percent_encode(item, percent_encoding::NON_ALPHANUMERIC);
-            resp = resp.header(super::client::MISSING_ITEM, encoded.to_string());
+    let _streams = GaugeGuard::new(&shared.metrics.active_streams);
+    let started = std::time::Instant::now();
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let direction = if method == Method::PUT { "push" } else { "pull" };
+    let result = match (&method, path.as_str()) {
+        (&Method::GET, "/healthz") => Ok(health(&mut respond, shared)),
+        (&Method::GET, "/metrics") => {
+            Ok(small_reply(&mut respond, StatusCode::OK, METRICS_TYPE, shared.metrics.render()))
         }
-        let resp = resp.body(()).unwrap_or_default();
-        if let Ok(mut stream) = respond.send_response(resp, false) {
+        (&Method::GET | &Method::HEAD, "/objects" | "/objects/") => {
+            listing(&mut respond, shared, method == Method::HEAD).await
+        }
+        (&Method::GET, _) => get(&req, &mut respond, shared).await,
+        (&Method::HEAD, _) => head(&req, &mut respond, shared).await,
+        (&Method::PUT, _) => put(req, &mut respond, shared).await,
+        _ => {
+            Err(Reply::status(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not served here; allowed: {ALLOW}"))
+                .with_body(req.into_body()))
+        }
+    };
+    let (status, outcome) = match result {
+        Ok(outcome) => (StatusCode::OK, outcome),
+        Err(mut reply) => {
+            let status = reply.status;
+            let message = reply.message.clone();
+            let body = reply.body.take();
+            send_reply(&mut respond, reply, method == Method::HEAD);
+            if let Some(body) = body {
+                drain(body).await;
+            }
+            (status, Outcome { mode: "none", error: Some(message), ..Outcome::default() })
+        }
+    };
+    let labels = super::metrics::Transfer::new(outcome.mode, direction);
+    let transfer = matches!(outcome.mode, "file" | "container" | "push");
+    let ok = status.is_success() && outcome.error.is_none();
+    if transfer {
+        shared.metrics.started.get_or_create(&labels).inc();
+        let done = if ok { &shared.metrics.completed } else { &shared.metrics.failed };
+        done.get_or_create(&labels).inc();
+        shared.metrics.duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+    } else if !ok && path.starts_with(super::OBJECTS_PATH) {
+        shared.metrics.failed.get_or_create(&labels).inc();
+    }
+    // One structured line per request (fields, not a formatted string).
+    tracing::info!(
+        target: "tensorwire::request",
+        method = %method,
+        path = %path,
+        mode = outcome.mode,
+        quantize = outcome.quantize.as_deref().unwrap_or("none"),
+        status = status.as_u16(),
+        wire_bytes = outcome.wire_bytes,
+        object_bytes = outcome.object_bytes,
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        outcome = if ok { "ok" } else { "failed" },
+        error = outcome.error.as_deref().unwrap_or(""),
+        "request"
+    );
+}
+
+const METRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Sends a complete small response.
+fn small_reply(
+    respond: &mut SendResponse<EncodedFrame>,
+    status: StatusCode,
+    content_type: &str,
+    body: String,
+) -> Outcome {
+    let resp = Response::builder().status(status).header("content-type", content_type).body(()).unwrap_or_default();
+    if let Ok(mut stream) = respond.send_response(resp, false) {
+        let _ = stream.send_data(EncodedFrame::from_bytes(Bytes::from(body)), true);
+    }
+    Outcome { mode: "other", ..Outcome::default() }
+}
+
+/// `GET /healthz`: 200 while serving, 503 once draining (SPEC.md §8.7).
+fn health(respond: &mut SendResponse<EncodedFrame>, shared: &Shared) -> Outcome {
+    if shared.draining.load(Ordering::SeqCst) {
+        small_reply(respond, StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", "draining\n".into())
+    } else {
+        small_reply(respond, StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into())
+    }
+}
+
+/// `GET /objects`: the objects the registry serves, as JSON.
+async fn listing(respond: &mut SendResponse<EncodedFrame>, shared: &Shared, head_only: bool) -> Result<Outcome, Reply> {
+    let registry = shared.registry.clone();
+    let entries = blocking(move || Ok(registry.list())).await?;
+    let body = serde_json::to_string(&serde_json::json!({ "objects": entries }))
+        .map_err(|e| Reply::status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if head_only {
+        let resp = Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "application/json")
+            .header("content-length", body.len())
+            .body(())
+            .unwrap_or_default();
+        let _ = respond.send_response(resp, true);
+        return Ok(Outcome { mode: "other", ..Outcome::default() });
+    }
+    Ok(small_reply(respond, StatusCode::OK, "application/json", body))
+}
+
+/// `HEAD /objects/{name}`: the status and lengths a GET would give, no body.
+async fn head(
+    req: &Request<RecvStream>,
+    respond: &mut SendResponse<EncodedFrame>,
+    shared: &Shared,
+) -> Result<Outcome, Reply> {
+    let name = shared.registry.decode_name(req.uri().path())?;
+    let (len, items) = match shared.registry.container(&name) {
+        Some(model) => (model.values().map(|t| t.data().len() as u64).sum::<u64>(), model.len() as u64),
+        None => {
+            let path = shared.registry.resolve(&name)?;
+            let len = blocking(move || Ok(std::fs::metadata(path)?.len())).await?;
+            (len, 1)
+        }
+    };
+    let resp = Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", CONTENT_TYPE)
+        .header("tensorwire-version", "1")
+        .header("tensorwire-length", len)
+        .header("tensorwire-items", items)
+        .body(())
+        .map_err(|e| Reply::status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    respond.send_response(resp, true).map_err(Error::from)?;
+    Ok(Outcome { mode: "other", object_bytes: Some(len), ..Outcome::default() })
+}
+
+/// Sends an error reply: the status, and the message as the body (none for
+/// HEAD, where a body is not allowed).
+fn send_reply(respond: &mut SendResponse<EncodedFrame>, reply: Reply, head_only: bool) {
+    let mut resp = Response::builder().status(reply.status).header("content-type", "text/plain; charset=utf-8");
+    if reply.status == StatusCode::METHOD_NOT_ALLOWED {
+        resp = resp.header("allow", ALLOW);
+    }
+    if let Some(item) = &reply.missing_item {
+        let encoded = percent_encoding::utf8_percent_encode(item, percent_encoding::NON_ALPHANUMERIC);
+        resp = resp.header(super::client::MISSING_ITEM, encoded.to_string());
+    }
+    let resp = resp.body(()).unwrap_or_default();
+    if let Ok(mut stream) = respond.send_response(resp, head_only) {
+        if !head_only {
             let _ = stream.send_data(EncodedFrame::from_bytes(Bytes::from(reply.message + "\n")), true);
         }
     }
@@ -254,12 +441,39 @@ struct Reply {
     status: StatusCode,
     message: String,
     missing_item: Option<String>,
+    /// The request body, when the reply refuses a request whose body may
+    /// still be arriving (see [`drain`]).
+    body: Option<RecvStream>,
 }
 
 impl Reply {
     fn status(status: StatusCode, message: impl Into<String>) -> Self {
-        Reply { status, message: message.into(), missing_item: None }
+        Reply { status, message: message.into(), missing_item: None, body: None }
     }
+
+    fn with_body(mut self, body: RecvStream) -> Self {
+        self.body = Some(body);
+        self
+    }
+}
+
+/// After an early reply, reads and discards what remains of the request body
+/// for a short, bounded while, so the reply reaches the client: dropping an
+/// unfinished body makes h2 reset the stream with CANCEL, which curl reports
+/// as an error instead of showing the reply (a 415 for `curl -T`).
+async fn drain(mut body: RecvStream) {
+    const MAX_BYTES: usize = 16 << 20;
+    let work = async {
+        let mut seen = 0;
+        while let Some(Ok(data)) = body.data().await {
+            seen += data.len();
+            let _ = body.flow_control().release_capacity(data.len());
+            if seen > MAX_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), work).await;
 }
 
 impl From<Error> for Reply {
@@ -288,7 +502,7 @@ async fn get(
     req: &Request<RecvStream>,
     respond: &mut SendResponse<EncodedFrame>,
     shared: &Shared,
-) -> Result<(), Reply> {
+) -> Result<Outcome, Reply> {
     let name = shared.registry.decode_name(req.uri().path())?;
     let asked = match query(req, "chunk_size") {
         Some(v) => Some(v.parse::<u32>().map_err(|_| Reply::status(StatusCode::BAD_REQUEST, "bad chunk_size"))?),
@@ -346,8 +560,15 @@ async fn get(
     let stream = respond.send_response(resp, false).map_err(Error::from)?;
     let mut tx = FrameSender::new(stream, &shared.config).counting(Arc::clone(&shared.sent));
     // From here on failures reach the client as an abort frame or a reset.
-    let _ = send_all(&mut tx, frames).await;
-    Ok(())
+    let sent = send_all(&mut tx, frames).await;
+    shared.metrics.bytes_sent.inc_by(tx.sent());
+    Ok(Outcome {
+        mode: if mode == "file" { "file" } else { "container" },
+        quantize: quantize.map(|q| q.to_string()),
+        wire_bytes: tx.sent(),
+        object_bytes: len,
+        error: sent.err().map(|e| e.to_string()),
+    })
 }
 
 type Frames = futures::stream::BoxStream<'static, Result<Frame, Error>>;
@@ -417,21 +638,51 @@ pub(crate) async fn send_all(
     }
 }
 
-async fn put(req: Request<RecvStream>, respond: &mut SendResponse<EncodedFrame>, shared: &Shared) -> Result<(), Reply> {
-    let name = shared.registry.decode_name(req.uri().path())?;
+async fn put(
+    req: Request<RecvStream>,
+    respond: &mut SendResponse<EncodedFrame>,
+    shared: &Shared,
+) -> Result<Outcome, Reply> {
+    let name = match shared.registry.decode_name(req.uri().path()) {
+        Ok(name) => name,
+        Err(e) => return Err(Reply::from(e).with_body(req.into_body())),
+    };
     // SPEC.md §8.1: a pushed body must say what it is.
     let content_type = req.headers().get("content-type").and_then(|v| v.to_str().ok());
     if content_type != Some(CONTENT_TYPE) {
-        return Err(Reply::status(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("expected {CONTENT_TYPE}")));
+        let reply = Reply::status(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("a push body must be a framed object (content-type: {CONTENT_TYPE}, SPEC.md §8.3); push files with `tensorwire put FILE URL`"),
+        );
+        return Err(reply.with_body(req.into_body()));
     }
     let mut rx = FrameReceiver::new(req.into_body(), &shared.config);
-    let body = if let Some(handler) = shared.registry.push_handler() {
-        handler(name.clone(), ObjectRetriever::new(rx.into_stream())).await?;
-        format!(r#"{{"name":{}}}"#, serde_json::Value::from(name))
+    let received = rx.counter();
+    let stored = if let Some(handler) = shared.registry.push_handler() {
+        handler(name.clone(), ObjectRetriever::new(rx.into_stream())).await.map(|()| None)
     } else {
-        let dest = shared.registry.resolve_for_write(&name)?;
-        let got = receive_file(&mut rx, &dest, None).await?;
-        format!(r#"{{"items":{},"len":{},"crc":{}}}"#, got.items, got.len, got.crc)
+        match shared.registry.resolve_for_write(&name) {
+            Ok(dest) => receive_file(&mut rx, &dest, None).await.map(Some),
+            Err(e) => Err(e),
+        }
+    };
+    let wire = received.load(Ordering::Relaxed);
+    shared.metrics.bytes_received.inc_by(wire);
+    let got = match stored {
+        Ok(got) => got,
+        Err(e) => {
+            if matches!(&e, Error::Decode(d) if d.is_retryable()) {
+                shared.metrics.crc_failures.inc();
+            }
+            return Err(e.into());
+        }
+    };
+    let body = match got {
+        None => format!(r#"{{"name":{}}}"#, serde_json::Value::from(name)),
+        Some(got) => {
+            shared.metrics.push_bytes.inc_by(got.len);
+            format!(r#"{{"items":{},"len":{},"crc":{}}}"#, got.items, got.len, got.crc)
+        }
     };
     let resp = Response::builder()
         .status(StatusCode::CREATED)
@@ -440,5 +691,5 @@ async fn put(req: Request<RecvStream>, respond: &mut SendResponse<EncodedFrame>,
         .map_err(|e| Reply::status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let mut stream = respond.send_response(resp, false).map_err(Error::from)?;
     stream.send_data(EncodedFrame::from_bytes(Bytes::from(body)), true).map_err(Error::from)?;
-    Ok(())
+    Ok(Outcome { mode: "push", wire_bytes: wire, ..Outcome::default() })
 }
