@@ -124,6 +124,11 @@ enum Command {
         /// to their original dtype here. Implies container mode.
         #[arg(long, value_parser = target::parse_scheme)]
         quantize: Option<tensorwire::quant::Scheme>,
+        /// Keep f32-subnormal products when restoring quantized tensors, as
+        /// bitsandbytes' CPU path does; by default they are flushed to zero
+        /// as its CUDA kernels (and so NVFlare peers) do (SPEC.md §5.5).
+        #[arg(long)]
+        keep_subnormals: bool,
         #[command(flatten)]
         report: Report,
         #[command(flatten)]
@@ -320,10 +325,10 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Serve { root, addr, read_only, drain_timeout, tuning } => {
             serve(root, addr, read_only, Duration::from_secs(drain_timeout), tuning.config()).await
         }
-        Command::Get { url, output, remote_name, mode, items, quantize, report, tuning } => {
+        Command::Get { url, output, remote_name, mode, items, quantize, keep_subnormals, report, tuning } => {
             let target = target::parse_url(&url)?;
             let output = target::resolve_output(output.as_deref(), remote_name, &target.name)?;
-            get(GetRequest { target, output, mode, items, quantize }, report, tuning).await
+            get(GetRequest { target, output, mode, items, quantize, keep_subnormals }, report, tuning).await
         }
         Command::Put { file, url, report, tuning } => put(file, &url, report, tuning).await,
         Command::Inspect { file } => inspect(file),
@@ -472,10 +477,13 @@ struct GetRequest {
     mode: Option<GetMode>,
     items: Option<Vec<String>>,
     quantize: Option<tensorwire::quant::Scheme>,
+    keep_subnormals: bool,
 }
 
 async fn get(req: GetRequest, report: Report, tuning: Tuning) -> Result<(), Failure> {
-    let GetRequest { target: t, output, mode, items, quantize } = req;
+    let GetRequest { target: t, output, mode, items, quantize, keep_subnormals } = req;
+    let subnormals =
+        if keep_subnormals { tensorwire::quant::Subnormals::Keep } else { tensorwire::quant::Subnormals::Flush };
     let items = items.or_else(|| t.items.clone());
     let quantize = quantize.or(t.quantize);
     let url_mode = match t.mode.as_deref() {
@@ -526,7 +534,7 @@ async fn get(req: GetRequest, report: Report, tuning: Tuning) -> Result<(), Fail
             let cancel = opts.cancel.clone().unwrap_or_default();
             let work = async {
                 let retriever = client.retrieve(&t.name, items.as_deref(), &opts).await?;
-                retriever.write_safetensors(path).await
+                retriever.with_subnormals(subnormals).write_safetensors(path).await
             };
             tokio::select! {
                 r = work => r.map(|len| (len, None)).map_err(fail),

@@ -29,7 +29,7 @@ mod span;
 mod stream;
 pub mod tables;
 
-pub use span::{decode_span, element_bytes, encode_span};
+pub use span::{decode_span, decode_span_with, element_bytes, encode_span, Subnormals};
 #[doc(hidden)]
 pub use stream::decode_chunk;
 pub(crate) use stream::{decode_chunk_into, encode_range};

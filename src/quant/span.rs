@@ -231,7 +231,8 @@ fn encode_nested(kind: Kind, b: usize, dtype: Dtype, src: &[u8], out: &mut Vec<u
 }
 
 /// Decodes the wire bytes of a span holding `numel` values and appends them
-/// to `out` in `dtype`.
+/// to `out` in `dtype`, with subnormal products flushed to zero as
+/// bitsandbytes' CUDA kernels do ([`Subnormals::Flush`], SPEC.md §5.5).
 ///
 /// # Errors
 ///
@@ -243,6 +244,40 @@ pub fn decode_span(
     numel: usize,
     out: &mut Vec<u8>,
 ) -> Result<(), String> {
+    decode_span_with(encoding, dtype, wire, numel, out, Subnormals::Flush)
+}
+
+/// How a decoder treats products `table[code] × absmax` that are subnormal
+/// in f32 (SPEC.md §5.5): bitsandbytes builds its CUDA kernels with
+/// `--use_fast_math`, which flushes them to zero; its CPU path keeps them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Subnormals {
+    /// Flush to a zero of the same sign, as a CUDA peer (NVFlare) restores
+    /// them. The default.
+    #[default]
+    Flush,
+    /// Keep them, as bitsandbytes' CPU path does.
+    Keep,
+}
+
+/// [`decode_span`] with an explicit treatment of subnormal products.
+///
+/// # Errors
+///
+/// As [`decode_span`].
+pub fn decode_span_with(
+    encoding: &Encoding,
+    dtype: Dtype,
+    wire: &[u8],
+    numel: usize,
+    out: &mut Vec<u8>,
+    subnormals: Subnormals,
+) -> Result<(), String> {
+    let flush = |v: &mut [f32]| {
+        if subnormals == Subnormals::Flush {
+            v.iter_mut().for_each(|x| *x = ftz(*x));
+        }
+    };
     let expected = encoding.encoded_len(numel as u64, dtype).ok_or("span size overflows")?;
     // SPEC.md §5.5: a span's bytes are exactly its records.
     if wire.len() as u64 != expected {
@@ -284,6 +319,7 @@ pub fn decode_span(
                 let n = left.min(b);
                 let am = f32_at(wire, at);
                 blockwise8::dequantize_block(&wire[at + 4..at + 4 + n], am, &table, &mut vals[..n]);
+                flush(&mut vals[..n]);
                 write_values(dtype, &vals[..n], out);
                 at += 4 + n;
                 left -= n;
@@ -304,6 +340,7 @@ pub fn decode_span(
                         let am = fourbit::nested_absmax(wire[at + 8 + i], absmax2, offset);
                         let len = n.div_ceil(2);
                         fourbit::dequantize_block(kind, &wire[pos..pos + len], n, am, &mut vals);
+                        flush(&mut vals[..n]);
                         write_values(dtype, &vals[..n], out);
                         pos += len;
                         left -= n;
@@ -316,6 +353,7 @@ pub fn decode_span(
                     let len = n.div_ceil(2);
                     let am = f32_at(wire, at);
                     fourbit::dequantize_block(kind, &wire[at + 4..at + 4 + len], n, am, &mut vals);
+                    flush(&mut vals[..n]);
                     write_values(dtype, &vals[..n], out);
                     at += 4 + len;
                     left -= n;
@@ -369,5 +407,44 @@ mod tests {
         let mut out = Vec::new();
         decode_span(&enc, Dtype::F32, &wire, v.len(), &mut out).expect("decodes");
         assert_eq!(out.len(), v.len() * 4);
+    }
+}
+
+#[cfg(test)]
+mod subnormal_tests {
+    use super::*;
+
+    /// SPEC.md §5.5: a block whose absmax is below 1e-37 (as a sender that
+    /// does not flush — bitsandbytes on CPU — produces for tiny weights)
+    /// restores subnormal products as a CUDA peer does (zero) by default, or
+    /// kept on request.
+    #[test]
+    fn tiny_absmax_block_flushes_like_cuda_or_keeps_like_cpu() {
+        let absmax = 5e-38f32.to_le_bytes();
+        let nf4: Vec<u8> = absmax.iter().copied().chain((0..32).map(|i| (i as u8 % 16) << 4 | 8)).collect();
+        let b8: Vec<u8> = absmax.iter().copied().chain((0..64).map(|i| (i * 4) as u8)).collect();
+        for (enc, wire) in [
+            (Encoding::Nf4 { block_size: 64, nested: false }, nf4),
+            (Encoding::Blockwise8 { block_size: 4096, code: None }, b8),
+        ] {
+            let decode = |mode| {
+                let mut out = Vec::new();
+                decode_span_with(&enc, Dtype::F32, &wire, 64, &mut out, mode).expect("decodes");
+                out.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<f32>>()
+            };
+            let (flushed, kept) = (decode(Subnormals::Flush), decode(Subnormals::Keep));
+            let sub = |x: &f32| *x != 0.0 && x.abs() < f32::MIN_POSITIVE;
+            assert!(kept.iter().filter(|x| sub(x)).count() > 10, "{}: the CPU path keeps them", enc.scheme());
+            assert!(!flushed.iter().any(sub), "{}: CUDA flushes them", enc.scheme());
+            let mut default = Vec::new();
+            decode_span(&enc, Dtype::F32, &wire, 64, &mut default).expect("decodes");
+            let default: Vec<f32> =
+                default.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            assert_eq!(default, flushed, "flushing is the default");
+            for (f, k) in flushed.iter().zip(&kept) {
+                let same = f.to_bits() == k.to_bits();
+                assert!(same || (sub(k) && *f == 0.0 && f.is_sign_negative() == k.is_sign_negative()), "{f} {k}");
+            }
+        }
     }
 }

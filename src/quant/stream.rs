@@ -229,7 +229,7 @@ pub(crate) fn encode_range(
 /// [`Error::Tensor`] when the bytes are not the records the offset implies.
 pub fn decode_chunk(encoding: &Encoding, meta: &TensorMeta, offset: u64, wire: &[u8]) -> Result<(u64, Vec<u8>), Error> {
     let mut out = Vec::new();
-    let at = decode_chunk_into(encoding, meta, offset, wire, &mut out)?;
+    let at = decode_chunk_into(encoding, meta, offset, wire, &mut out, super::Subnormals::Flush)?;
     Ok((at, out))
 }
 
@@ -241,6 +241,7 @@ pub(crate) fn decode_chunk_into(
     offset: u64,
     wire: &[u8],
     out: &mut Vec<u8>,
+    subnormals: super::Subnormals,
 ) -> Result<u64, Error> {
     let bad = |reason: String| Error::Tensor { name: meta.name.clone(), reason };
     let width = element_bytes(meta.dtype).ok_or_else(|| bad(format!("{} cannot be quantized", meta.dtype)))? as u64;
@@ -251,7 +252,7 @@ pub(crate) fn decode_chunk_into(
     let first = offset / record * per_record;
     let last = ((offset + wire.len() as u64).div_ceil(record) * per_record).min(numel);
     let count = usize::try_from(last.saturating_sub(first)).map_err(|_| bad("chunk too large".into()))?;
-    super::decode_span(encoding, meta.dtype, wire, count, out).map_err(bad)?;
+    super::decode_span_with(encoding, meta.dtype, wire, count, out, subnormals).map_err(bad)?;
     Ok(first * width)
 }
 

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures::stream::{Stream, StreamExt};
 
 use super::FileSink;
-use crate::quant::{decode_chunk, decode_chunk_into};
+use crate::quant::{decode_chunk_into, Subnormals};
 use crate::tensor::{to_safetensors, Tensor, TensorMap, TensorMeta};
 use crate::wire::{Encoding, Frame, IndexEntry, ItemHeader, Mode, ObjectHeader};
 use crate::Error;
@@ -50,6 +50,7 @@ pub struct ObjectRetriever<S> {
     header: Option<ObjectHeader>,
     building: Option<Building>,
     done: bool,
+    subnormals: Subnormals,
 }
 
 struct Building {
@@ -84,7 +85,15 @@ where
 {
     /// A retriever over a stream of frames.
     pub fn new(frames: S) -> Self {
-        ObjectRetriever { frames, header: None, building: None, done: false }
+        ObjectRetriever { frames, header: None, building: None, done: false, subnormals: Subnormals::default() }
+    }
+
+    /// How quantized tensors restore products that are subnormal in f32
+    /// (SPEC.md §5.5): flushed to zero as bitsandbytes' CUDA kernels do (the
+    /// default, what an NVFlare peer restores), or kept as its CPU path does.
+    pub fn with_subnormals(mut self, subnormals: Subnormals) -> Self {
+        self.subnormals = subnormals;
+        self
     }
 
     /// The object header, once the first tensor (or the end) was polled.
@@ -120,6 +129,7 @@ where
     /// The first error of the stream, or [`Error::Io`] from the files; `dest`
     /// is then left as it was.
     pub async fn write_safetensors(mut self, dest: impl AsRef<Path>) -> Result<u64, Error> {
+        let subnormals = self.subnormals;
         let dest = dest.as_ref().to_path_buf();
         let header = match self.frames.next().await.transpose()? {
             Some(Frame::ObjectHeader(h)) if h.mode == Mode::Container => h,
@@ -171,7 +181,8 @@ where
                     let (at, data) = if b.encoding == Encoding::Raw {
                         (c.offset, c.data)
                     } else {
-                        let (at, values) = decode_chunk(&b.encoding, &b.meta, c.offset, &c.data)?;
+                        let mut values = Vec::new();
+                        let at = decode_chunk_into(&b.encoding, &b.meta, c.offset, &c.data, &mut values, subnormals)?;
                         (at, Bytes::from(values))
                     };
                     let s = Arc::clone(&sink);
@@ -225,7 +236,7 @@ where
                         Assembly::Many(v) => v,
                         _ => Vec::with_capacity(b.len),
                     };
-                    decode_chunk_into(&b.encoding, &b.meta, c.offset, &c.data, &mut v)?;
+                    decode_chunk_into(&b.encoding, &b.meta, c.offset, &c.data, &mut v, self.subnormals)?;
                     b.data = Assembly::Many(v);
                     return Ok(None);
                 }
