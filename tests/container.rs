@@ -115,6 +115,27 @@ async fn safetensors_file_is_served_as_a_container_and_written_back() {
     assert!(!dst.join("out.safetensors.part").exists());
 }
 
+/// The same object retrieved twice gives byte-identical files (the
+/// `__metadata__` order used to vary from run to run).
+#[tokio::test]
+async fn retrieving_twice_writes_identical_files() {
+    let model = every_dtype();
+    let views: Vec<_> = model.values().map(|t| (t.name().to_string(), t.as_view().expect("view"))).collect();
+    let meta: std::collections::HashMap<String, String> =
+        (0..16).map(|i| (format!("key{i}"), format!("value {i}"))).collect();
+    let src = TempDir::new("det-src");
+    let dst = TempDir::new("det-dst");
+    src.file("model.safetensors", &safetensors::serialize(views, Some(meta)).expect("serialize"));
+    let client = duplex(Registry::root(src.path()).expect("root"), small_config()).await;
+    let mut files = Vec::new();
+    for i in 0..4 {
+        let retriever = client.retrieve("model.safetensors", None, &TransferOptions::default()).await.expect("retrieve");
+        retriever.write_safetensors(dst.join(&format!("out{i}.safetensors"))).await.expect("write");
+        files.push(std::fs::read(dst.join(&format!("out{i}.safetensors"))).expect("read"));
+    }
+    assert!(files.windows(2).all(|w| w[0] == w[1]), "the same object gave different files");
+}
+
 #[tokio::test]
 async fn lazy_stream_without_index_is_written_as_safetensors() {
     let model = every_dtype();

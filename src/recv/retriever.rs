@@ -346,7 +346,11 @@ fn safetensors_header(entries: &[IndexEntry], metadata: &[(String, String)]) -> 
     }
     let meta_map = (!metadata.is_empty()).then(|| metadata.iter().cloned().collect());
     let meta = safetensors::tensor::Metadata::new(meta_map, infos)?;
-    let mut json = serde_json::to_vec(&meta).map_err(|e| Error::Io(std::io::Error::other(e)))?;
+    // Through a `Value` (a sorted map): `Metadata` keeps `__metadata__` in a
+    // HashMap, whose order would differ from run to run, and the same object
+    // retrieved twice must give byte-identical files.
+    let json = serde_json::to_value(&meta).and_then(|v| serde_json::to_vec(&v));
+    let mut json = json.map_err(|e| Error::Io(std::io::Error::other(e)))?;
     json.resize(json.len().next_multiple_of(8), b' ');
     let mut out = (json.len() as u64).to_le_bytes().to_vec();
     out.extend_from_slice(&json);
