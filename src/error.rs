@@ -80,6 +80,15 @@ pub enum Error {
     },
 }
 
+impl From<crate::wire::CodecError> for Error {
+    fn from(e: crate::wire::CodecError) -> Self {
+        match e {
+            crate::wire::CodecError::Decode(d) => Error::Decode(d),
+            crate::wire::CodecError::Io(io) => Error::Io(io),
+        }
+    }
+}
+
 impl Error {
     /// Whether the same request may succeed when retried or resumed: a chunk
     /// whose payload failed its checksum, or a peer that timed out. Decode

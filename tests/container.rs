@@ -129,7 +129,8 @@ async fn retrieving_twice_writes_identical_files() {
     let client = duplex(Registry::root(src.path()).expect("root"), small_config()).await;
     let mut files = Vec::new();
     for i in 0..4 {
-        let retriever = client.retrieve("model.safetensors", None, &TransferOptions::default()).await.expect("retrieve");
+        let retriever =
+            client.retrieve("model.safetensors", None, &TransferOptions::default()).await.expect("retrieve");
         retriever.write_safetensors(dst.join(&format!("out{i}.safetensors"))).await.expect("write");
         files.push(std::fs::read(dst.join(&format!("out{i}.safetensors"))).expect("read"));
     }

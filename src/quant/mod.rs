@@ -29,11 +29,12 @@ mod span;
 mod stream;
 pub mod tables;
 
+pub use crate::wire::Scheme;
 pub use span::{decode_span, decode_span_with, element_bytes, encode_span, Subnormals};
 #[doc(hidden)]
 pub use stream::decode_chunk;
 pub(crate) use stream::{decode_chunk_into, encode_range};
-pub use stream::{Encoded, Quantize, QuantizeExt, Scheme};
+pub use stream::{Encoded, Quantize, QuantizeExt};
 
 /// Flushes an f32 subnormal to a zero of the same sign (CUDA `-ftz=true`).
 /// Branch-free, so loops over it vectorize.

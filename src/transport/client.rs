@@ -65,7 +65,7 @@ pub struct TransferOptions {
     pub chunk_size: Option<u32>,
     /// Asks the server to quantize float tensors (container pulls only);
     /// the retriever restores them to their original dtype.
-    pub quantize: Option<crate::quant::Scheme>,
+    pub quantize: Option<crate::wire::Scheme>,
 }
 
 impl std::fmt::Debug for TransferOptions {

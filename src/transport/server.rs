@@ -515,7 +515,7 @@ async fn get(
     };
     let quantize = match query(req, "quantize") {
         Some(q) => Some(
-            crate::quant::Scheme::parse(q)
+            crate::wire::Scheme::parse(q)
                 .ok_or_else(|| Reply::status(StatusCode::BAD_REQUEST, format!("unknown quantization scheme {q:?}")))?,
         ),
         None => None,
@@ -577,7 +577,7 @@ fn container_frames(
     streamer: ContainerStreamer,
     chunk: usize,
     items: Option<Vec<String>>,
-    quantize: Option<crate::quant::Scheme>,
+    quantize: Option<crate::wire::Scheme>,
 ) -> Result<(Frames, Option<u64>, Option<u64>), Reply> {
     let mut streamer = streamer.with_chunk_size(chunk);
     if let Some(items) = items {

@@ -2,7 +2,7 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use super::{check_preamble, frame, DecodeError, Frame, FrameHeader, Limits, Sequencer, SequencerEvent};
+use super::{check_preamble, frame, CodecError, DecodeError, Frame, FrameHeader, Limits, Sequencer, SequencerEvent};
 use super::{HEADER_LEN, PREAMBLE_LEN};
 
 /// A push decoder for one object: preamble, then frames.
@@ -252,13 +252,13 @@ impl Default for FrameDecoder {
 
 impl tokio_util::codec::Decoder for FrameDecoder {
     type Item = Frame;
-    type Error = crate::Error;
+    type Error = CodecError;
 
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, crate::Error> {
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
         Ok(self.decode_frame(src)?)
     }
 
-    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, crate::Error> {
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
         Ok(self.decode_frame_eof(src)?)
     }
 }

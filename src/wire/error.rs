@@ -230,3 +230,19 @@ impl DecodeError {
         matches!(self, DecodeError::PayloadChecksum { .. })
     }
 }
+
+/// The error of [`FrameDecoder`](super::FrameDecoder)'s `tokio_util`
+/// `Decoder` implementation (for `FramedRead` over any `AsyncRead`): a
+/// malformed object, or the IO underneath. The wire layer's own type, so
+/// that `wire` depends on nothing above it; the crate's `Error` converts
+/// from it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// The bytes do not form a valid object.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// Reading the bytes failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}

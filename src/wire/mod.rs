@@ -30,13 +30,14 @@ pub mod frame;
 pub mod header;
 mod limits;
 pub mod meta;
+mod scheme;
 mod sequence;
 #[cfg(test)]
 mod test_util;
 
 pub use decoder::FrameDecoder;
 pub use encoder::{EncodeError, FrameEncoder, ObjectEncoder, DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, MIN_CHUNK_BYTES};
-pub use error::DecodeError;
+pub use error::{CodecError, DecodeError};
 pub use frame::{
     Abort, AbortCode, Chunk, EncodedFrame, Frame, IndexEntry, ItemEnd, ItemHeader, ObjectEnd, ObjectHeader,
 };
@@ -44,6 +45,7 @@ pub use header::{FrameHeader, FrameKind};
 pub use limits::Limits;
 pub(crate) use meta::truncate as meta_truncate;
 pub use meta::{Dtype, Encoding, Mode};
+pub use scheme::Scheme;
 pub use sequence::{Sequencer, SequencerEvent};
 
 /// The four magic bytes that open every object (SPEC.md §2): ASCII `TWIR`.

@@ -1,0 +1,145 @@
+//! The layering of DESIGN.md and ARCHITECTURE.md, checked on the source:
+//! `wire` imports nothing from the rest of the crate, `transport` nothing
+//! from `quant`, `send` and `recv` not each other, and the top-level
+//! modules form no import cycle. Paths in comments (doc links) do not count.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("read src") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            if path.file_name().is_some_and(|n| n != "bin") {
+                sources(&path, out);
+            }
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The top-level module a file belongs to (`wire`, `recv`, ...).
+fn module_of(src: &Path, file: &Path) -> String {
+    let rel = file.strip_prefix(src).expect("under src");
+    let first = rel.components().next().expect("component").as_os_str().to_string_lossy().into_owned();
+    first.trim_end_matches(".rs").to_string()
+}
+
+/// The top-level modules a file refers to through `crate::NAME`.
+fn references(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for line in text.lines() {
+        let code = line.trim_start();
+        if code.starts_with("//") {
+            continue;
+        }
+        let mut rest = code;
+        while let Some(at) = rest.find("crate::") {
+            rest = &rest[at + "crate::".len()..];
+            let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+            // `crate::Error` and other items of lib.rs are the `error` module's.
+            if name.is_empty() {
+                continue;
+            }
+            let module = if name.chars().next().is_some_and(char::is_uppercase) { "error".to_string() } else { name };
+            out.insert(module);
+        }
+        // `use crate::{a, b}` groups.
+        if let Some(group) = code.strip_prefix("use crate::{") {
+            for part in group.split([',', '}', ';']) {
+                let name: String = part.trim().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                if !name.is_empty() {
+                    out.insert(if name.chars().next().is_some_and(char::is_uppercase) { "error".into() } else { name });
+                }
+            }
+        }
+    }
+    out
+}
+
+fn graph() -> BTreeMap<String, BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for file in files {
+        let module = module_of(&src, &file);
+        // lib.rs declares the modules; fuzz.rs is a test-only bridge into all of them.
+        if module == "lib" || module == "fuzz" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).expect("read");
+        let refs = references(&text);
+        let entry = edges.entry(module.clone()).or_default();
+        entry.extend(refs.into_iter().filter(|r| *r != module));
+    }
+    edges
+}
+
+#[test]
+fn wire_imports_nothing_above_it() {
+    let g = graph();
+    assert_eq!(g.get("wire").cloned().unwrap_or_default(), BTreeSet::new(), "src/wire must stand alone");
+}
+
+#[test]
+fn transport_does_not_import_quant() {
+    assert!(!graph().get("transport").is_some_and(|r| r.contains("quant")), "transport applies no quantization");
+}
+
+#[test]
+fn send_and_recv_do_not_import_each_other() {
+    let g = graph();
+    assert!(!g.get("send").is_some_and(|r| r.contains("recv")), "send imports recv");
+    assert!(!g.get("recv").is_some_and(|r| r.contains("send")), "recv imports send");
+}
+
+#[test]
+fn no_import_cycle_between_modules() {
+    let g = graph();
+    // Depth-first search for a back edge.
+    fn visit<'a>(
+        n: &'a str,
+        g: &'a BTreeMap<String, BTreeSet<String>>,
+        state: &mut BTreeMap<&'a str, u8>,
+        path: &mut Vec<&'a str>,
+    ) -> Option<Vec<String>> {
+        match state.get(n) {
+            Some(1) => {
+                let at = path.iter().position(|p| *p == n).unwrap_or(0);
+                let mut cycle: Vec<String> = path[at..].iter().map(|s| s.to_string()).collect();
+                cycle.push(n.to_string());
+                return Some(cycle);
+            }
+            Some(2) => return None,
+            _ => {}
+        }
+        state.insert(n, 1);
+        path.push(n);
+        for m in g.get(n).into_iter().flatten() {
+            if let Some(c) = visit(m, g, state, path) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        state.insert(n, 2);
+        None
+    }
+    let mut state = BTreeMap::new();
+    for n in g.keys() {
+        let mut path = Vec::new();
+        if let Some(cycle) = visit(n, &g, &mut state, &mut path) {
+            panic!("import cycle: {}", cycle.join(" -> "));
+        }
+    }
+}
+
+#[test]
+fn the_checker_sees_imports() {
+    // The check must be able to fail: a file that imports quant is seen.
+    let refs = references(
+        "use crate::quant::Scheme;\nuse crate::{recv, send::FileStreamer};\n// crate::transport in a comment\n",
+    );
+    assert_eq!(refs.into_iter().collect::<Vec<_>>(), ["quant", "recv", "send"]);
+}
