@@ -75,6 +75,53 @@ async fn selection_picks_tensors_in_the_order_asked() {
     );
 }
 
+/// `retrieve` reports progress (it used to report none: a `0 B/0 B` bar),
+/// in wire bytes out of the object header's total.
+#[tokio::test]
+async fn retrieve_reports_progress() {
+    let model = Arc::new(every_dtype());
+    let client = duplex(Registry::new().with_container("m", Arc::clone(&model)), small_config()).await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    let opts = TransferOptions {
+        progress: Some(Arc::new(move |p| log.lock().expect("lock").push(p))),
+        ..TransferOptions::default()
+    };
+    client.retrieve("m", None, &opts).await.expect("retrieve").collect_map().await.expect("collect");
+    let seen = seen.lock().expect("lock");
+    let total: u64 = model.values().map(|t| t.data().len() as u64).sum();
+    let last = seen.last().expect("progress was reported");
+    assert_eq!((last.done, last.total), (total, Some(total)));
+    assert!(seen.windows(2).all(|w| w[0].done <= w[1].done));
+}
+
+/// A client asking for 1-byte chunks gets the server's minimum, and the
+/// object header declares the chunk size actually used (SPEC.md §5.1, §8.2).
+#[tokio::test]
+async fn tiny_chunk_requests_are_clamped_and_declared_truthfully() {
+    use tensorwire::wire::{Frame, MIN_CHUNK_BYTES};
+    let src = TempDir::new("clamp-src");
+    src.file("blob.bin", &bytes(1 << 20, 5));
+    let config = Config { min_chunk_size: MIN_CHUNK_BYTES, ..small_config() };
+    let client = duplex(Registry::root(src.path()).expect("root"), config).await;
+    let opts = TransferOptions { chunk_size: Some(1), ..TransferOptions::default() };
+    let mut rx = client.get("blob.bin", &opts).await.expect("get");
+    let (mut declared, mut largest, mut chunks) = (0, 0, 0);
+    while let Some(f) = rx.next_frame().await.expect("frame") {
+        match f {
+            Frame::ObjectHeader(h) => declared = h.chunk_size as usize,
+            Frame::Chunk(c) => {
+                largest = largest.max(c.data.len());
+                chunks += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(declared, MIN_CHUNK_BYTES as usize);
+    assert!(largest <= declared);
+    assert_eq!(chunks, (1 << 20) / MIN_CHUNK_BYTES as usize);
+}
+
 #[tokio::test]
 async fn put_container_reports_what_was_pushed() {
     use tensorwire::send::ContainerStreamer;
