@@ -1,8 +1,10 @@
 //! [`Server`]: serves a [`Registry`] over HTTP/2 (SPEC.md §8).
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use h2::server::SendResponse;
@@ -13,13 +15,13 @@ use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::body::{join, receive_file, FrameReceiver, FrameSender};
+use super::body::{join, receive_into, FrameReceiver, FrameSender};
 use super::{Config, Registry};
 use futures::StreamExt;
 
 use crate::recv::ObjectRetriever;
 use crate::send::{ContainerStreamer, FileStreamer};
-use crate::wire::{Abort, AbortCode, EncodedFrame, Frame, CONTENT_TYPE};
+use crate::wire::{Abort, AbortCode, Budget, EncodedFrame, Frame, CONTENT_TYPE};
 use crate::Error;
 
 /// An HTTP/2 server (cleartext, prior knowledge) for the objects of a
@@ -52,18 +54,38 @@ pub struct Server {
 struct Shared {
     registry: Registry,
     config: Config,
-    active: Arc<AtomicUsize>,
-    started: Arc<AtomicU64>,
+    stats: Arc<Stats>,
+    /// What all connections together may make the server hold.
+    budget: Budget,
+    /// Open connections per peer address.
+    peers: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Shared {
+    fn new(registry: Registry, config: Config) -> Self {
+        let budget = Budget::new(config.max_pinned);
+        Shared { registry, config, stats: Arc::default(), budget, peers: Mutex::default() }
+    }
+}
+
+/// Counters a [`ServerHandle`] reads.
+#[derive(Debug, Default)]
+struct Stats {
+    active: AtomicUsize,
+    started: AtomicU64,
     sent: Arc<AtomicU64>,
+    connections: AtomicUsize,
+    refused: AtomicU64,
+    accept_errors: AtomicU64,
+    stale_removed: AtomicU64,
 }
 
 /// Stops a running [`Server`] gracefully, and reports on it.
 #[derive(Debug, Clone)]
 pub struct ServerHandle {
     stop: watch::Sender<bool>,
-    active: Arc<AtomicUsize>,
-    started: Arc<AtomicU64>,
-    sent: Arc<AtomicU64>,
+    stats: Arc<Stats>,
+    budget: Budget,
 }
 
 impl ServerHandle {
@@ -76,12 +98,42 @@ impl ServerHandle {
     /// Requests being handled right now (a cancelled transfer stops counting
     /// as soon as the server has noticed the reset).
     pub fn active_requests(&self) -> usize {
-        self.active.load(Ordering::SeqCst)
+        self.stats.active.load(Ordering::SeqCst)
     }
 
     /// Requests accepted since the server started (finished ones included).
     pub fn requests_started(&self) -> u64 {
-        self.started.load(Ordering::SeqCst)
+        self.stats.started.load(Ordering::SeqCst)
+    }
+
+    /// Connections open right now.
+    pub fn connections(&self) -> usize {
+        self.stats.connections.load(Ordering::SeqCst)
+    }
+
+    /// Connections closed at once because [`Config::max_connections`] or
+    /// [`Config::max_connections_per_peer`] was reached.
+    pub fn connections_refused(&self) -> u64 {
+        self.stats.refused.load(Ordering::SeqCst)
+    }
+
+    /// Failed `accept()` calls (out of file descriptors, for one), each
+    /// logged and followed by a back-off; the server keeps running.
+    pub fn accept_errors(&self) -> u64 {
+        self.stats.accept_errors.load(Ordering::SeqCst)
+    }
+
+    /// Temporary upload files left by an earlier run that were removed
+    /// when the server bound.
+    pub fn stale_uploads_removed(&self) -> u64 {
+        self.stats.stale_removed.load(Ordering::SeqCst)
+    }
+
+    /// Bytes peers make the server hold right now beyond flow-control
+    /// windows (partial frames, remembered names, frames being sent), out of
+    /// [`Config::max_pinned`].
+    pub fn pinned_bytes(&self) -> u64 {
+        self.budget.used()
     }
 
     /// Waits until at least one request has been handled and none is in
@@ -96,24 +148,71 @@ impl ServerHandle {
     /// Response-body bytes handed to HTTP/2 so far, all transfers together:
     /// only what receivers granted flow-control capacity for.
     pub fn bytes_sent(&self) -> u64 {
-        self.sent.load(Ordering::SeqCst)
+        self.stats.sent.load(Ordering::SeqCst)
     }
 }
 
 /// Counts a request as active for as long as it lives.
-struct ActiveGuard(Arc<AtomicUsize>);
+struct ActiveGuard(Arc<Stats>);
 
 impl ActiveGuard {
-    fn new(counter: &Arc<AtomicUsize>) -> Self {
-        counter.fetch_add(1, Ordering::SeqCst);
-        ActiveGuard(Arc::clone(counter))
+    fn new(stats: &Arc<Stats>) -> Self {
+        stats.active.fetch_add(1, Ordering::SeqCst);
+        ActiveGuard(Arc::clone(stats))
     }
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// A connection's place in the server's limits, given back on drop.
+struct Slot {
+    shared: Arc<Shared>,
+    peer: IpAddr,
+}
+
+impl Slot {
+    /// Takes a place for a connection from `peer`, if both the total and the
+    /// per-peer limit allow it.
+    fn take(shared: &Arc<Shared>, peer: IpAddr) -> Option<Slot> {
+        let c = &shared.config;
+        let mut peers = shared.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let total = shared.stats.connections.load(Ordering::SeqCst);
+        let from_peer = peers.get(&peer).copied().unwrap_or(0);
+        if total >= c.max_connections || from_peer >= c.max_connections_per_peer {
+            return None;
+        }
+        peers.insert(peer, from_peer + 1);
+        shared.stats.connections.fetch_add(1, Ordering::SeqCst);
+        Some(Slot { shared: Arc::clone(shared), peer })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut peers = self.shared.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = peers.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                peers.remove(&self.peer);
+            }
+        }
+        self.shared.stats.connections.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The shortest and longest pause after a failed `accept()`.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+
+/// Whether an `accept()` error concerns only the connection being accepted
+/// (retry at once) rather than the process (back off: out of descriptors or
+/// memory).
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionAborted | ConnectionRefused | ConnectionReset | Interrupted | WouldBlock)
 }
 
 impl Server {
@@ -125,13 +224,13 @@ impl Server {
     pub async fn bind(addr: impl ToSocketAddrs, registry: Registry, config: Config) -> Result<Self, Error> {
         let listener = TcpListener::bind(addr).await?;
         let (shutdown, _) = watch::channel(false);
-        let shared = Arc::new(Shared {
-            registry,
-            config,
-            active: Arc::default(),
-            started: Arc::default(),
-            sent: Arc::default(),
-        });
+        let shared = Arc::new(Shared::new(registry, config));
+        // Uploads interrupted by a crash or a kill of an earlier run.
+        let stale = shared.registry.remove_stale_uploads().unwrap_or(0);
+        if stale > 0 {
+            tracing::info!(removed = stale, "removed temporary upload files left by an earlier run");
+        }
+        shared.stats.stale_removed.store(stale, Ordering::SeqCst);
         Ok(Server { listener, shared, shutdown })
     }
 
@@ -144,31 +243,65 @@ impl Server {
     pub fn handle(&self) -> ServerHandle {
         ServerHandle {
             stop: self.shutdown.clone(),
-            active: Arc::clone(&self.shared.active),
-            started: Arc::clone(&self.shared.started),
-            sent: Arc::clone(&self.shared.sent),
+            stats: Arc::clone(&self.shared.stats),
+            budget: self.shared.budget.clone(),
         }
     }
 
     /// Accepts connections until shut down, then waits for every connection
     /// to finish its transfers.
     ///
+    /// A failed `accept()` (out of file descriptors, say) is logged and
+    /// followed by a back-off of 10 ms doubling up to 1 s; it never ends the
+    /// server. Connections beyond [`Config::max_connections`] or
+    /// [`Config::max_connections_per_peer`] are accepted and closed at once.
+    /// Finished connections are reaped as they finish.
+    ///
     /// # Errors
     ///
-    /// [`Error::Io`] when accepting fails.
+    /// None so far; the `Result` leaves room for failures to come.
     pub async fn run(self) -> Result<(), Error> {
         let mut stop = self.shutdown.subscribe();
         let mut connections = JoinSet::new();
+        let mut backoff = Duration::ZERO;
+        let mut pause = None;
         loop {
             tokio::select! {
-                accepted = self.listener.accept() => {
-                    let (tcp, _) = accepted?;
-                    let _ = tcp.set_nodelay(true);
-                    let shared = Arc::clone(&self.shared);
-                    let stop = self.shutdown.subscribe();
-                    connections.spawn(async move { serve(tcp, shared, stop).await });
-                }
+                accepted = self.listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        backoff = Duration::ZERO;
+                        let Some(slot) = Slot::take(&self.shared, peer.ip()) else {
+                            self.shared.stats.refused.fetch_add(1, Ordering::SeqCst);
+                            tracing::debug!(%peer, "connection limit reached; closing");
+                            continue;
+                        };
+                        let _ = tcp.set_nodelay(true);
+                        let shared = Arc::clone(&self.shared);
+                        let stop = self.shutdown.subscribe();
+                        connections.spawn(async move {
+                            let _slot = slot;
+                            if let Err(e) = serve(tcp, shared, stop).await {
+                                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                            }
+                        });
+                    }
+                    Err(e) if is_connection_error(&e) => {}
+                    Err(e) => {
+                        self.shared.stats.accept_errors.fetch_add(1, Ordering::SeqCst);
+                        backoff = (backoff * 2).clamp(ACCEPT_BACKOFF.0, ACCEPT_BACKOFF.1);
+                        tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
+                        pause = Some(backoff);
+                    }
+                },
+                // Reaps finished connections as they finish.
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 _ = stop.wait_for(|s| *s) => break,
+            }
+            if let Some(pause) = pause.take() {
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
             }
         }
         while connections.join_next().await.is_some() {}
@@ -176,48 +309,79 @@ impl Server {
     }
 
     /// Serves one connection over any IO (a `tokio::io::duplex` pipe in
-    /// tests), until the client closes it.
+    /// tests), until the client closes it, with the same timeouts and
+    /// per-connection bounds as [`Server::run`] gives each connection.
     ///
     /// # Errors
     ///
-    /// [`Error::Http`] when the HTTP/2 handshake or connection fails.
+    /// [`Error::Http`] when the HTTP/2 handshake or connection fails,
+    /// [`Error::Timeout`] when the handshake takes longer than
+    /// [`Config::handshake_timeout`].
     pub async fn serve_connection<IO>(io: IO, registry: Registry, config: Config) -> Result<(), Error>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (_never, stop) = watch::channel(false);
-        let shared = Shared { registry, config, active: Arc::default(), started: Arc::default(), sent: Arc::default() };
-        serve(io, Arc::new(shared), stop).await
+        serve(io, Arc::new(Shared::new(registry, config)), stop).await
     }
 }
 
+/// Drives one connection: the handshake within its timeout, then requests
+/// (each its own task, reaped as it finishes) until the peer closes, the
+/// server shuts down, or the connection has had no request in flight for
+/// [`Config::idle_connection_timeout`].
 async fn serve<IO>(io: IO, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Result<(), Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let c = &shared.config;
-    let mut conn = h2::server::Builder::new()
+    let handshake = h2::server::Builder::new()
         .initial_window_size(c.stream_window)
         .initial_connection_window_size(c.connection_window)
         .max_frame_size(c.frame_size())
         .max_send_buffer_size(c.max_send_buffer)
         .max_concurrent_streams(c.max_concurrent_streams)
-        .handshake::<_, EncodedFrame>(io)
-        .await?;
+        .max_header_list_size(c.max_header_list_size)
+        .handshake::<_, EncodedFrame>(io);
+    let mut conn = tokio::time::timeout(c.handshake_timeout, handshake)
+        .await
+        .map_err(|_| Error::Timeout("the HTTP/2 handshake"))??;
+    // What this connection's streams may make the server hold.
+    let budget = shared.budget.child(c.max_pinned_per_connection);
     let mut requests = JoinSet::new();
     let mut stopping = false;
+    let idle = tokio::time::sleep(c.idle_connection_timeout);
+    tokio::pin!(idle);
     loop {
         tokio::select! {
             next = conn.accept() => match next {
                 Some(Ok((req, respond))) => {
                     let shared = Arc::clone(&shared);
-                    requests.spawn(async move { handle(req, respond, &shared).await });
+                    let budget = budget.clone();
+                    requests.spawn(async move { handle(req, respond, &shared, budget).await });
                 }
                 Some(Err(e)) => {
                     if e.is_io() || e.is_go_away() { break } else { return Err(e.into()) }
                 }
                 None => break,
             },
+            // Reaps finished requests as they finish; the idle clock starts
+            // when the last one is done.
+            Some(_) = requests.join_next(), if !requests.is_empty() => {
+                if requests.is_empty() {
+                    idle.as_mut().reset(tokio::time::Instant::now() + c.idle_connection_timeout);
+                }
+            }
+            () = &mut idle, if requests.is_empty() => {
+                if stopping {
+                    // GOAWAY was sent one timeout ago and the peer has not
+                    // closed: close it from this side.
+                    break;
+                }
+                stopping = true;
+                conn.graceful_shutdown();
+                idle.as_mut().reset(tokio::time::Instant::now() + c.handshake_timeout);
+            }
             _ = stop.wait_for(|s| *s), if !stopping => {
                 stopping = true;
                 conn.graceful_shutdown();
@@ -228,12 +392,12 @@ where
     Ok(())
 }
 
-async fn handle(req: Request<RecvStream>, mut respond: SendResponse<EncodedFrame>, shared: &Shared) {
-    let _active = ActiveGuard::new(&shared.active);
-    shared.started.fetch_add(1, Ordering::SeqCst);
+async fn handle(req: Request<RecvStream>, mut respond: SendResponse<EncodedFrame>, shared: &Shared, budget: Budget) {
+    let _active = ActiveGuard::new(&shared.stats);
+    shared.stats.started.fetch_add(1, Ordering::SeqCst);
     let result = match *req.method() {
-        Method::GET => get(&req, &mut respond, shared).await,
-        Method::PUT => put(req, &mut respond, shared).await,
+        Method::GET => get(&req, &mut respond, shared, budget).await,
+        Method::PUT => put(req, &mut respond, shared, budget).await,
         _ => Err(Reply::status(StatusCode::METHOD_NOT_ALLOWED, "only GET and PUT")),
     };
     if let Err(reply) = result {
@@ -262,12 +426,15 @@ impl Reply {
 
 impl From<Error> for Reply {
     fn from(e: Error) -> Self {
+        // SPEC.md §8.5: the status says whose fault it was.
         let status = match &e {
             Error::InvalidName { .. } => StatusCode::BAD_REQUEST,
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
+            Error::Decode(d) if d.is_limit() => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Tensor { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Safetensors(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Decode(_) | Error::Aborted { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Reply::status(status, e.to_string())
@@ -282,6 +449,7 @@ async fn get(
     req: &Request<RecvStream>,
     respond: &mut SendResponse<EncodedFrame>,
     shared: &Shared,
+    budget: Budget,
 ) -> Result<(), Reply> {
     let name = shared.registry.decode_name(req.uri().path())?;
     let chunk = match query(req, "chunk_size") {
@@ -338,10 +506,45 @@ async fn get(
     }
     let resp = resp.body(()).map_err(|e| Reply::status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let stream = respond.send_response(resp, false).map_err(Error::from)?;
-    let mut tx = FrameSender::new(stream, &shared.config).counting(Arc::clone(&shared.sent));
+    let mut tx = FrameSender::new(stream, &shared.config).counting(Arc::clone(&shared.stats.sent));
+    // A frame is produced only once the budget has room for it, and counts
+    // until it is handed to HTTP/2: readers that do not read cannot make the
+    // server produce (quantize) frames without bound.
+    let frames = gated(frames, budget, chunk as u64, shared.config.idle_timeout);
     // From here on failures reach the client as an abort frame or a reset.
     let _ = send_all(&mut tx, frames).await;
     Ok(())
+}
+
+/// `frames`, each pulled only after `estimate` bytes were taken from
+/// `budget` (waiting up to `idle` for room), and given back when the next
+/// frame is asked for (the previous one has been sent) or the stream ends.
+fn gated(frames: Frames, budget: Budget, estimate: u64, idle: Duration) -> Frames {
+    struct Gate {
+        frames: Frames,
+        budget: Budget,
+        held: u64,
+    }
+    impl Drop for Gate {
+        fn drop(&mut self) {
+            self.budget.give(self.held);
+        }
+    }
+    let gate = Gate { frames, budget, held: 0 };
+    futures::stream::unfold(gate, move |mut g| async move {
+        g.budget.give(std::mem::take(&mut g.held));
+        let deadline = tokio::time::Instant::now() + idle;
+        while !g.budget.try_take(estimate) {
+            if tokio::time::Instant::now() >= deadline {
+                return Some((Err(Error::Timeout("the server's memory budget for frames being sent")), g));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        g.held = estimate;
+        let next = g.frames.next().await?;
+        Some((next, g))
+    })
+    .boxed()
 }
 
 type Frames = futures::stream::BoxStream<'static, Result<Frame, Error>>;
@@ -411,20 +614,28 @@ pub(crate) async fn send_all(
     }
 }
 
-async fn put(req: Request<RecvStream>, respond: &mut SendResponse<EncodedFrame>, shared: &Shared) -> Result<(), Reply> {
+async fn put(
+    req: Request<RecvStream>,
+    respond: &mut SendResponse<EncodedFrame>,
+    shared: &Shared,
+    budget: Budget,
+) -> Result<(), Reply> {
     let name = shared.registry.decode_name(req.uri().path())?;
     // SPEC.md §8.1: a pushed body must say what it is.
     let content_type = req.headers().get("content-type").and_then(|v| v.to_str().ok());
     if content_type != Some(CONTENT_TYPE) {
         return Err(Reply::status(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("expected {CONTENT_TYPE}")));
     }
-    let mut rx = FrameReceiver::new(req.into_body(), &shared.config);
+    let mut rx = FrameReceiver::new(req.into_body(), &shared.config).with_budget(budget);
     let body = if let Some(handler) = shared.registry.push_handler() {
         handler(name.clone(), ObjectRetriever::new(rx.into_stream())).await?;
         format!(r#"{{"name":{}}}"#, serde_json::Value::from(name))
     } else {
-        let dest = shared.registry.resolve_for_write(&name)?;
-        let got = receive_file(&mut rx, &dest, None).await?;
+        // SPEC.md §8.3: each push into a file of its own, renamed into
+        // place once verified; the last verified push wins.
+        let registry = shared.registry.clone();
+        let sink = blocking(move || registry.create_upload(&name)).await?;
+        let got = receive_into(&mut rx, sink, None).await?;
         format!(r#"{{"items":{},"len":{},"crc":{}}}"#, got.items, got.len, got.crc)
     };
     let resp = Response::builder()
