@@ -507,10 +507,14 @@ async fn get(
     let resp = resp.body(()).map_err(|e| Reply::status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let stream = respond.send_response(resp, false).map_err(Error::from)?;
     let mut tx = FrameSender::new(stream, &shared.config).counting(Arc::clone(&shared.stats.sent));
-    // A frame is produced only once the budget has room for it, and counts
-    // until it is handed to HTTP/2: readers that do not read cannot make the
-    // server produce (quantize) frames without bound.
-    let frames = gated(frames, budget, chunk as u64, shared.config.idle_timeout);
+    // Quantized frames are new buffers (others are slices of a mapping or of
+    // tensors in memory): one is produced only once the budget has room for
+    // it, and counts until it is handed to HTTP/2, so readers that do not
+    // read cannot make the server quantize without bound.
+    let frames = match quantize {
+        Some(_) => gated(frames, budget, chunk as u64, shared.config.idle_timeout),
+        None => frames,
+    };
     // From here on failures reach the client as an abort frame or a reset.
     let _ = send_all(&mut tx, frames).await;
     Ok(())
