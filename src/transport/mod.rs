@@ -31,6 +31,8 @@ use std::time::Duration;
 pub use body::{FrameReceiver, FrameStream, Progress, ProgressFn};
 pub use client::{Client, Transfer, TransferOptions};
 pub use registry::{ContainerSource, PushHandler, Registry};
+#[cfg(any(fuzzing, test))]
+pub(crate) use server::fuzz_request;
 pub use server::{Server, ServerHandle};
 
 use crate::wire::Limits;

@@ -413,7 +413,8 @@ async fn handle(req: Request<RecvStream>, mut respond: SendResponse<EncodedFrame
 }
 
 /// An error status with a message, for failures before the body starts.
-struct Reply {
+#[derive(Debug)]
+pub(crate) struct Reply {
     status: StatusCode,
     message: String,
 }
@@ -441,8 +442,84 @@ impl From<Error> for Reply {
     }
 }
 
-fn query<'a>(req: &'a Request<RecvStream>, key: &str) -> Option<&'a str> {
-    req.uri().query()?.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+/// The value of `key` in a query string (the first one).
+fn query<'a>(q: Option<&'a str>, key: &str) -> Option<&'a str> {
+    q?.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// What a pull asks for (SPEC.md §8.2), parsed from its path and query.
+#[derive(Debug)]
+pub(crate) struct PullRequest {
+    pub(crate) name: String,
+    pub(crate) chunk: usize,
+    pub(crate) items: Option<Vec<String>>,
+    pub(crate) quantize: Option<crate::quant::Scheme>,
+    pub(crate) mode: Option<String>,
+}
+
+impl PullRequest {
+    /// Parses `uri`; nothing is opened.
+    pub(crate) fn parse(uri: &http::Uri, registry: &Registry, config: &Config) -> Result<Self, Reply> {
+        let name = registry.decode_name(uri.path())?;
+        let q = uri.query();
+        let chunk = match query(q, "chunk_size") {
+            Some(v) => v.parse::<u32>().map_err(|_| Reply::status(StatusCode::BAD_REQUEST, "bad chunk_size"))?,
+            None => config.chunk_size,
+        };
+        // SPEC.md §8.2: the server MAY send smaller chunks than asked for.
+        let chunk = chunk.clamp(1, config.limits.max_payload.min(crate::wire::Limits::DEFAULT_MAX_PAYLOAD)) as usize;
+        let items = query(q, "items").map(decode_list).transpose()?;
+        let quantize = match query(q, "quantize") {
+            Some(v) => Some(crate::quant::Scheme::parse(v).ok_or_else(|| {
+                Reply::status(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown quantization scheme {:?}", crate::wire::meta_truncate(v)),
+                )
+            })?),
+            None => None,
+        };
+        let mode = query(q, "mode").map(str::to_string);
+        Ok(PullRequest { name, chunk, items, quantize, mode })
+    }
+}
+
+/// Fuzz shim (`fuzz/fuzz_targets/request.rs`): a request line and headers
+/// through the server's parsing, which must answer a value or a 4xx, never
+/// panic, and accept only names that stay under the root and round-trip
+/// through [`object_path`](super::object_path).
+#[cfg(any(fuzzing, test))]
+pub(crate) fn fuzz_request(target: &str, headers: &[(&[u8], &[u8])]) {
+    let registry = Registry::new();
+    let config = Config::default();
+    if let Ok(name) = registry.decode_name(target.split('?').next().unwrap_or_default()) {
+        assert!(!name.is_empty() && !name.starts_with('/'), "{name:?}");
+        assert!(!name.contains('\\') && !name.contains('\0'), "{name:?}");
+        assert!(name.split('/').all(|s| !s.is_empty() && s != "." && s != ".."), "{name:?}");
+        let again = registry.decode_name(&super::object_path(&name));
+        assert_eq!(again.as_deref().ok(), Some(name.as_str()), "{name:?} does not round-trip");
+    }
+    if let Ok(uri) = target.parse::<http::Uri>() {
+        match PullRequest::parse(&uri, &registry, &config) {
+            Ok(r) => assert!((1..=config.limits.max_payload as usize).contains(&r.chunk)),
+            Err(reply) => assert!(reply.status.is_client_error(), "{}: {}", reply.status, reply.message),
+        }
+    }
+    let mut map = http::HeaderMap::new();
+    for (k, v) in headers {
+        if let (Ok(k), Ok(v)) = (http::HeaderName::from_bytes(k), http::HeaderValue::from_bytes(v)) {
+            map.append(k, v);
+        }
+    }
+    let _ = check_push_headers(&map);
+}
+
+/// SPEC.md §8.1: a pushed body must say what it is.
+fn check_push_headers(headers: &http::HeaderMap) -> Result<(), Reply> {
+    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok());
+    if content_type != Some(CONTENT_TYPE) {
+        return Err(Reply::status(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("expected {CONTENT_TYPE}")));
+    }
+    Ok(())
 }
 
 async fn get(
@@ -451,25 +528,10 @@ async fn get(
     shared: &Shared,
     budget: Budget,
 ) -> Result<(), Reply> {
-    let name = shared.registry.decode_name(req.uri().path())?;
-    let chunk = match query(req, "chunk_size") {
-        Some(v) => v.parse::<u32>().map_err(|_| Reply::status(StatusCode::BAD_REQUEST, "bad chunk_size"))?,
-        None => shared.config.chunk_size,
-    };
-    let chunk = chunk.clamp(1, shared.config.limits.max_payload.min(crate::wire::Limits::DEFAULT_MAX_PAYLOAD)) as usize;
-    let items = match query(req, "items") {
-        Some(list) => Some(decode_list(list)?),
-        None => None,
-    };
-    let quantize = match query(req, "quantize") {
-        Some(q) => Some(
-            crate::quant::Scheme::parse(q)
-                .ok_or_else(|| Reply::status(StatusCode::BAD_REQUEST, format!("unknown quantization scheme {q:?}")))?,
-        ),
-        None => None,
-    };
+    let PullRequest { name, chunk, items, quantize, mode } =
+        PullRequest::parse(req.uri(), &shared.registry, &shared.config)?;
     let container = shared.registry.container(&name);
-    let mode = query(req, "mode").unwrap_or(if container.is_some() { "container" } else { "file" });
+    let mode = mode.as_deref().unwrap_or(if container.is_some() { "container" } else { "file" });
     let (frames, len, count): (futures::stream::BoxStream<'static, Result<Frame, Error>>, Option<u64>, Option<u64>) =
         match (mode, container) {
             ("container", Some(model)) => {
@@ -625,11 +687,7 @@ async fn put(
     budget: Budget,
 ) -> Result<(), Reply> {
     let name = shared.registry.decode_name(req.uri().path())?;
-    // SPEC.md §8.1: a pushed body must say what it is.
-    let content_type = req.headers().get("content-type").and_then(|v| v.to_str().ok());
-    if content_type != Some(CONTENT_TYPE) {
-        return Err(Reply::status(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("expected {CONTENT_TYPE}")));
-    }
+    check_push_headers(req.headers())?;
     let mut rx = FrameReceiver::new(req.into_body(), &shared.config).with_budget(budget);
     let body = if let Some(handler) = shared.registry.push_handler() {
         handler(name.clone(), ObjectRetriever::new(rx.into_stream())).await?;
