@@ -78,6 +78,8 @@ struct Stats {
     refused: AtomicU64,
     accept_errors: AtomicU64,
     stale_removed: AtomicU64,
+    /// Connection and request tasks spawned and not yet reaped.
+    tasks: AtomicUsize,
 }
 
 /// Stops a running [`Server`] gracefully, and reports on it.
@@ -121,6 +123,13 @@ impl ServerHandle {
     /// logged and followed by a back-off; the server keeps running.
     pub fn accept_errors(&self) -> u64 {
         self.stats.accept_errors.load(Ordering::SeqCst)
+    }
+
+    /// Connection and request tasks the server holds: running ones, and
+    /// finished ones not yet reaped (reaping happens as they finish, so this
+    /// falls back to the number running).
+    pub fn tasks_held(&self) -> usize {
+        self.stats.tasks.load(Ordering::SeqCst)
     }
 
     /// Temporary upload files left by an earlier run that were removed
@@ -278,6 +287,7 @@ impl Server {
                         let _ = tcp.set_nodelay(true);
                         let shared = Arc::clone(&self.shared);
                         let stop = self.shutdown.subscribe();
+                        self.shared.stats.tasks.fetch_add(1, Ordering::SeqCst);
                         connections.spawn(async move {
                             let _slot = slot;
                             if let Err(e) = serve(tcp, shared, stop).await {
@@ -294,7 +304,9 @@ impl Server {
                     }
                 },
                 // Reaps finished connections as they finish.
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                Some(_) = connections.join_next(), if !connections.is_empty() => {
+                    self.shared.stats.tasks.fetch_sub(1, Ordering::SeqCst);
+                }
                 _ = stop.wait_for(|s| *s) => break,
             }
             if let Some(pause) = pause.take() {
@@ -304,7 +316,9 @@ impl Server {
                 }
             }
         }
-        while connections.join_next().await.is_some() {}
+        while connections.join_next().await.is_some() {
+            self.shared.stats.tasks.fetch_sub(1, Ordering::SeqCst);
+        }
         Ok(())
     }
 
@@ -358,6 +372,7 @@ where
                 Some(Ok((req, respond))) => {
                     let shared = Arc::clone(&shared);
                     let budget = budget.clone();
+                    shared.stats.tasks.fetch_add(1, Ordering::SeqCst);
                     requests.spawn(async move { handle(req, respond, &shared, budget).await });
                 }
                 Some(Err(e)) => {
@@ -368,6 +383,7 @@ where
             // Reaps finished requests as they finish; the idle clock starts
             // when the last one is done.
             Some(_) = requests.join_next(), if !requests.is_empty() => {
+                shared.stats.tasks.fetch_sub(1, Ordering::SeqCst);
                 if requests.is_empty() {
                     idle.as_mut().reset(tokio::time::Instant::now() + c.idle_connection_timeout);
                 }
@@ -388,7 +404,9 @@ where
             }
         }
     }
-    while requests.join_next().await.is_some() {}
+    while requests.join_next().await.is_some() {
+        shared.stats.tasks.fetch_sub(1, Ordering::SeqCst);
+    }
     Ok(())
 }
 
@@ -574,7 +592,10 @@ async fn get(
     // it, and counts until it is handed to HTTP/2, so readers that do not
     // read cannot make the server quantize without bound.
     let frames = match quantize {
-        Some(_) => gated(frames, budget, chunk as u64, shared.config.idle_timeout),
+        Some(_) => {
+            let c = &shared.config;
+            gated(frames, budget, chunk as u64 + 4096, c.max_send_buffer as u64, c.idle_timeout)
+        }
         None => frames,
     };
     // From here on failures reach the client as an abort frame or a reset.
@@ -583,22 +604,37 @@ async fn get(
 }
 
 /// `frames`, each pulled only after `estimate` bytes were taken from
-/// `budget` (waiting up to `idle` for room), and given back when the next
-/// frame is asked for (the previous one has been sent) or the stream ends.
-fn gated(frames: Frames, budget: Budget, estimate: u64, idle: Duration) -> Frames {
+/// `budget` (waiting up to `idle` for room). A frame's share (its encoded
+/// length once known) stays taken after it was handed to HTTP/2, for as long
+/// as h2 may still be holding it: until the stream's later frames add up to
+/// `buffered` (h2's per-stream send buffer), or the stream ends.
+fn gated(frames: Frames, budget: Budget, estimate: u64, buffered: u64, idle: Duration) -> Frames {
     struct Gate {
         frames: Frames,
         budget: Budget,
-        held: u64,
+        /// The frame being sent, then the ones h2 may still hold, newest last.
+        held: std::collections::VecDeque<u64>,
     }
     impl Drop for Gate {
         fn drop(&mut self) {
-            self.budget.give(self.held);
+            self.budget.give(self.held.iter().sum());
         }
     }
-    let gate = Gate { frames, budget, held: 0 };
+    let gate = Gate { frames, budget, held: std::collections::VecDeque::new() };
     futures::stream::unfold(gate, move |mut g| async move {
-        g.budget.give(std::mem::take(&mut g.held));
+        // Older frames have left h2's buffer once newer ones fill it.
+        let (mut newer, mut keep) = (0, 0);
+        for &n in g.held.iter().rev() {
+            if newer >= buffered {
+                break;
+            }
+            newer += n;
+            keep += 1;
+        }
+        while g.held.len() > keep {
+            let n = g.held.pop_front().unwrap_or(0);
+            g.budget.give(n);
+        }
         let deadline = tokio::time::Instant::now() + idle;
         while !g.budget.try_take(estimate) {
             if tokio::time::Instant::now() >= deadline {
@@ -606,9 +642,14 @@ fn gated(frames: Frames, budget: Budget, estimate: u64, idle: Duration) -> Frame
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        g.held = estimate;
-        let next = g.frames.next().await?;
-        Some((next, g))
+        let next = g.frames.next().await;
+        let len = match &next {
+            Some(Ok(f)) => (f.encoded_len() as u64).min(estimate),
+            _ => 0,
+        };
+        g.budget.give(estimate - len);
+        g.held.push_back(len);
+        Some((next?, g))
     })
     .boxed()
 }

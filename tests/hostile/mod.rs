@@ -69,8 +69,14 @@ impl Served {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// Its resident memory now, in MiB.
+    /// Its resident anonymous memory now, in MiB: what peers can pin. (Pages
+    /// of served files mapped for reading are page cache, counted apart.)
     pub fn rss_mib(&self) -> f64 {
+        status_kib(self.child.id(), "RssAnon:") as f64 / 1024.0
+    }
+
+    /// Its resident memory including mapped file pages, in MiB.
+    pub fn rss_total_mib(&self) -> f64 {
         status_kib(self.child.id(), "VmRSS:") as f64 / 1024.0
     }
 
@@ -248,4 +254,36 @@ pub fn raise_nofile(want: u64) -> bool {
     }
     lim.current = Some(want);
     setrlimit(Resource::Nofile, lim).is_ok()
+}
+
+/// One raw HTTP/2 frame.
+pub fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A raw connection that opens the largest windows, sends `count` GETs of
+/// `path`, and then never reads the socket: the server may send all it
+/// likes, and nothing it sends is ever taken.
+pub async fn gets_never_read(addr: SocketAddr, path: &str, count: u32) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // SETTINGS_INITIAL_WINDOW_SIZE = 2^31 - 1, and the connection window too.
+    let mut settings = vec![0, 4];
+    settings.extend_from_slice(&0x7fff_ffffu32.to_be_bytes());
+    out.extend(h2_frame(0x4, 0, 0, &settings));
+    out.extend(h2_frame(0x8, 0, 0, &(0x7fff_ffffu32 - 65_535).to_be_bytes()));
+    for i in 0..count {
+        // :method GET, :scheme http (static table), :path and :authority literal.
+        let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
+        block.extend_from_slice(path.as_bytes());
+        block.extend_from_slice(&[0x01, 1, b'x']);
+        out.extend(h2_frame(0x1, 0x5, 2 * i + 1, &block));
+    }
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(&out).await.expect("requests");
+    s
 }
