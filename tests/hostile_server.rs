@@ -609,3 +609,26 @@ async fn status_codes_and_messages_say_what_happened() {
     assert!(!dir.join("srv/x").exists());
     assert_serving(&mut server, &dir, &data).await;
 }
+
+/// The connection limits: past `max_connections_per_peer` (and
+/// `max_connections`) a connection is closed at once and counted; a place
+/// frees up as soon as a connection ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limits_are_closed_at_once() {
+    use tensorwire::transport::{Config, Registry};
+    let (dir, data) = root("limits");
+    let config = Config { max_connections_per_peer: 3, max_connections: 5, ..Config::default() };
+    let server = common::TestServer::start(Registry::root(dir.join("srv")).expect("root"), config).await;
+    let held: Vec<_> = futures::future::join_all((0..3).map(|_| h2_connect(server.addr, 1 << 16))).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.handle.connections() < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(server.handle.connections(), 3);
+    let refused = well_behaved_get(server.addr, "ok.bin", dir.path()).await;
+    assert!(refused.is_err(), "a fourth connection from one peer was served");
+    assert_eq!(server.handle.connections_refused(), 1);
+    drop(held);
+    let got = get_eventually(server.addr, "ok.bin", dir.path(), Duration::from_secs(10)).await;
+    assert_eq!(got, data);
+}

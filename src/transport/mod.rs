@@ -10,6 +10,17 @@
 //! sender instead of growing a buffer, and both release received capacity
 //! only after the bytes were taken by the consumer.
 //!
+//! # Facing untrusted peers
+//!
+//! A [`Server`] bounds what peers can make it hold (SPEC.md §8.7), each bound
+//! a [`Config`] field: connections in total and per peer address, streams
+//! per connection, header block size, handshake, idle-connection and
+//! transfer timeouts, and byte budgets per connection and per server for
+//! partial frames, remembered item names and quantized frames being sent.
+//! No buffer is sized from a length a peer declares. Pushes go into
+//! temporary files of their own, committed by `renameat` relative to a
+//! directory handle once verified (SPEC.md §8.3).
+//!
 //! # The allocator matters on the receiving side
 //!
 //! h2 reads every DATA frame into a fresh buffer (1 MiB with the default

@@ -32,6 +32,11 @@ use crate::Error;
 /// sender sends only against the capacity the client grants, so a slow
 /// client slows its own transfers and nothing is buffered on its behalf.
 ///
+/// What peers can make it hold is bounded by [`Config`]'s connection,
+/// stream, header, timeout and byte-budget fields (SPEC.md §8.7); a failed
+/// `accept()` is logged and backed off, never fatal. When it binds, it
+/// removes upload files an earlier run left behind.
+///
 /// ```no_run
 /// use tensorwire::transport::{Config, Registry, Server};
 /// # async fn run() -> Result<(), tensorwire::Error> {
