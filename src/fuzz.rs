@@ -165,6 +165,18 @@ pub fn seed_objects() -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// `request`: a request target and headers through the server's request
+/// parsing (object name, query options, push headers). The input is the
+/// target, a newline, then `name: value` header lines.
+pub fn request(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut lines = text.split('\n');
+    let target = lines.next().unwrap_or_default();
+    let headers: Vec<(&[u8], &[u8])> =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().as_bytes(), v.trim().as_bytes())).collect();
+    crate::transport::fuzz_request(target, &headers);
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -221,6 +233,15 @@ mod tests {
         assert!(seeds.len() >= 3, "seed corpus too small");
         for seed in seeds {
             super::dequantize(&seed);
+        }
+    }
+
+    #[test]
+    fn replay_request_corpus() {
+        let seeds = corpus("request");
+        assert!(seeds.len() >= 5, "seed corpus too small");
+        for seed in seeds {
+            super::request(&seed);
         }
     }
 

@@ -1,7 +1,8 @@
 //! The `tensorwire` command-line tool.
 //!
 //! ```text
-//! tensorwire serve --root DIR [--addr 127.0.0.1:7470]   serve files under DIR (and accept pushes)
+//! tensorwire serve --root DIR [--addr 127.0.0.1:7470]   serve files under DIR (and accept pushes);
+//!                  [--max-connections N ...]            bounds on what peers may hold (README "Security")
 //! tensorwire get URL -o FILE                            pull an object into FILE
 //! tensorwire put FILE URL                               push FILE as an object
 //! tensorwire inspect FILE                               summarize a safetensors file
@@ -97,6 +98,8 @@ enum Command {
         drain_timeout: u64,
         #[command(flatten)]
         tuning: Tuning,
+        #[command(flatten)]
+        bounds: ServerBounds,
     },
     /// Pull an object into a file (written as FILE.part, renamed when verified).
     Get {
@@ -233,6 +236,74 @@ struct Report {
     json: bool,
 }
 
+/// What peers may make `serve` hold (README "Security"); defaults in
+/// brackets are `Config::default()`'s.
+#[derive(clap::Args)]
+struct ServerBounds {
+    /// Most connections at once; more are closed at once [1024, lowered to
+    /// fit the open-file limit].
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Most connections at once from one IP address [128].
+    #[arg(long)]
+    max_connections_per_peer: Option<usize>,
+    /// Most concurrent streams (transfers) per connection [64].
+    #[arg(long)]
+    max_concurrent_streams: Option<u32>,
+    /// Largest request header block, bytes [65536].
+    #[arg(long)]
+    max_header_list_size: Option<u32>,
+    /// Seconds a new connection may take to finish the HTTP/2 handshake [10].
+    #[arg(long, value_parser = parse_secs)]
+    handshake_timeout: Option<std::time::Duration>,
+    /// Seconds a connection may stay open with no request in flight [120].
+    #[arg(long, value_parser = parse_secs)]
+    idle_connection_timeout: Option<std::time::Duration>,
+    /// Seconds a transfer may make no progress (no data, no window) [60].
+    #[arg(long, value_parser = parse_secs)]
+    idle_timeout: Option<std::time::Duration>,
+    /// Bytes one connection may make the server hold in partial frames and
+    /// item names beyond its window [67108864].
+    #[arg(long)]
+    max_pinned_per_connection: Option<u64>,
+    /// The same for all connections together, plus frames being sent
+    /// [268435456].
+    #[arg(long)]
+    max_pinned: Option<u64>,
+}
+
+impl ServerBounds {
+    fn apply(&self, mut c: Config) -> Config {
+        c.max_connections = self.max_connections.unwrap_or_else(|| c.max_connections.min(connections_that_fit()));
+        macro_rules! set {
+            ($($field:ident),*) => { $(if let Some(v) = self.$field { c.$field = v; })* };
+        }
+        set!(
+            max_connections_per_peer,
+            max_concurrent_streams,
+            max_header_list_size,
+            handshake_timeout,
+            idle_connection_timeout,
+            idle_timeout,
+            max_pinned_per_connection,
+            max_pinned
+        );
+        c
+    }
+}
+
+/// Connections that fit in the open-file limit with room for one file
+/// served per connection and a few spare: past it `accept()` would fail.
+fn connections_that_fit() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    limit.map_or(usize::MAX, |n| (n.saturating_sub(64) / 2).max(1) as usize)
+}
+
+fn parse_secs(s: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    std::time::Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
 /// Transfer tuning shared by the network commands.
 #[derive(clap::Args)]
 struct Tuning {
@@ -297,7 +368,13 @@ fn main() -> ExitCode {
     // best on one thread (no cross-thread wake-ups between the connection
     // and the consumer), with file writes on tokio's blocking pool.
     let runtime = match &cli.command {
-        Command::Serve { .. } | Command::Bench { .. } | Command::Demo { .. } => {
+        // File writes run on the blocking pool: a server bounds it (tokio's
+        // default is 512 threads, each with its own allocator heap, which
+        // hundreds of pushes arriving at once would all start).
+        Command::Serve { .. } => {
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).max_blocking_threads(16).enable_all().build()
+        }
+        Command::Bench { .. } | Command::Demo { .. } => {
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
         }
         _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
@@ -322,8 +399,8 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Serve { root, addr, read_only, drain_timeout, tuning } => {
-            serve(root, addr, read_only, Duration::from_secs(drain_timeout), tuning.config()).await
+        Command::Serve { root, addr, read_only, drain_timeout, tuning, bounds } => {
+            serve(root, addr, read_only, Duration::from_secs(drain_timeout), bounds.apply(tuning.config())).await
         }
         Command::Get { url, output, remote_name, mode, items, quantize, keep_subnormals, report, tuning } => {
             let target = target::parse_url(&url)?;

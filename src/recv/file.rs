@@ -1,10 +1,15 @@
 //! [`FileSink`]: writes an object's bytes into `<dest>.part` at their
 //! offsets and moves the file into place only when it is complete.
 
+use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustix::fs::{AtFlags, Mode, OFlags};
 
 use crate::Error;
 
@@ -36,7 +41,22 @@ pub struct FileSink {
     dest: PathBuf,
     part: PathBuf,
     file: Option<File>,
+    target: Target,
 }
+
+/// How the finished file is moved into place.
+#[derive(Debug)]
+enum Target {
+    /// `rename(part, dest)` by path (the client's own files).
+    Path,
+    /// `renameat(dir, temp, dir, name)` inside a directory opened once: no
+    /// path a peer controls is resolved again at commit (server uploads).
+    Dir { dir: File, temp: OsString, name: OsString },
+}
+
+/// The name prefix of [`FileSink::create_in`]'s temporary files: a server
+/// never serves, accepts pushes to, or keeps (across restarts) a name with it.
+pub const UPLOAD_PREFIX: &str = ".tensorwire-upload-";
 
 impl FileSink {
     /// Creates (or truncates) `<dest>.part`.
@@ -50,7 +70,40 @@ impl FileSink {
         part.push(".part");
         let part = PathBuf::from(part);
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&part)?;
-        Ok(FileSink { dest, part, file: Some(file) })
+        Ok(FileSink { dest, part, file: Some(file), target: Target::Path })
+    }
+
+    /// Creates a temporary file of its own in the open directory `dir`, to
+    /// become `dir/name` on [`FileSink::commit`]: for a server receiving an
+    /// upload. The temporary name is unique ([`UPLOAD_PREFIX`], the process
+    /// id and a counter) and the file is created with `O_EXCL | O_NOFOLLOW`,
+    /// so it is never a file that exists already, never reached through a
+    /// symbolic link, and never shared with another upload. The commit
+    /// renames that file, relative to `dir`, over `name` (`renameat`): two
+    /// uploads to one name each store a whole file and the later one wins.
+    /// `shown_as` is the destination's path for messages.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the file cannot be created.
+    pub fn create_in(dir: File, name: &OsStr, shown_as: PathBuf) -> Result<Self, Error> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        for _ in 0..64 {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let temp = OsString::from(format!("{UPLOAD_PREFIX}{}-{n}", std::process::id()));
+            match rustix::fs::openat(&dir, temp.as_os_str(), flags, Mode::from_raw_mode(0o644)) {
+                Ok(fd) => {
+                    let part = shown_as.with_file_name(&temp);
+                    let target = Target::Dir { dir, temp, name: name.to_os_string() };
+                    return Ok(FileSink { dest: shown_as, part, file: Some(File::from(fd)), target });
+                }
+                // Left over by another process with our pid (a restart): try the next.
+                Err(rustix::io::Errno::EXIST) => continue,
+                Err(e) => return Err(io::Error::from(e).into()),
+            }
+        }
+        Err(io::Error::new(io::ErrorKind::AlreadyExists, "no free temporary upload name").into())
     }
 
     /// The final path.
@@ -108,11 +161,22 @@ impl FileSink {
             validate_safetensors(file)?;
         }
         file.sync_all()?;
-        std::fs::rename(&self.part, &self.dest)?;
-        self.file = None;
-        if let Some(dir) = self.dest.parent().filter(|d| !d.as_os_str().is_empty()) {
-            // Persist the rename itself; not every filesystem allows this.
-            let _ = File::open(dir).and_then(|d| d.sync_all());
+        match &self.target {
+            Target::Path => {
+                std::fs::rename(&self.part, &self.dest)?;
+                self.file = None;
+                if let Some(dir) = self.dest.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    // Persist the rename itself; not every filesystem allows this.
+                    let _ = File::open(dir).and_then(|d| d.sync_all());
+                }
+            }
+            Target::Dir { dir, temp, name } => {
+                // The file validated above is the one named `temp` in `dir`:
+                // this process created it (O_EXCL) and no request can reach it.
+                rustix::fs::renameat(dir, temp.as_os_str(), dir, name.as_os_str()).map_err(io::Error::from)?;
+                self.file = None;
+                let _ = rustix::fs::fsync(dir);
+            }
         }
         Ok(())
     }
@@ -121,9 +185,50 @@ impl FileSink {
 impl Drop for FileSink {
     fn drop(&mut self) {
         if self.file.take().is_some() {
-            let _ = std::fs::remove_file(&self.part);
+            match &self.target {
+                Target::Path => {
+                    let _ = std::fs::remove_file(&self.part);
+                }
+                Target::Dir { dir, temp, .. } => {
+                    let _ = rustix::fs::unlinkat(dir, temp.as_os_str(), AtFlags::empty());
+                }
+            }
         }
     }
+}
+
+/// Removes the temporary files of uploads ([`UPLOAD_PREFIX`]) left under
+/// `root` by a server that crashed or was killed, without following symbolic
+/// links; returns how many were removed. Only for a root no running server
+/// is receiving into.
+///
+/// # Errors
+///
+/// [`Error::Io`] when `root` cannot be read (unreadable subdirectories are
+/// skipped).
+pub fn remove_stale_uploads(root: &Path) -> Result<u64, Error> {
+    const MAX_DEPTH: usize = 64;
+    let mut removed = 0;
+    let mut dirs = vec![(root.to_path_buf(), 0usize)];
+    let mut first = true;
+    while let Some((dir, depth)) = dirs.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if first => return Err(e.into()),
+            Err(_) => continue,
+        };
+        first = false;
+        for entry in entries.flatten() {
+            // The entry's own type: a symbolic link is never followed.
+            let Ok(kind) = entry.file_type() else { continue };
+            if kind.is_dir() && depth < MAX_DEPTH {
+                dirs.push((entry.path(), depth + 1));
+            } else if !kind.is_dir() && entry.file_name().as_bytes().starts_with(UPLOAD_PREFIX.as_bytes()) {
+                removed += u64::from(std::fs::remove_file(entry.path()).is_ok());
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// Checks that `file` holds a valid safetensors file: its header parses, its
@@ -168,6 +273,79 @@ mod tests {
         let d = std::env::temp_dir().join(format!("tw-sink-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&d).ok();
         d
+    }
+
+    fn open_dir(d: &Path) -> File {
+        File::open(d).expect("open dir")
+    }
+
+    #[test]
+    fn uploads_in_one_dir_never_share_a_file() -> Result<(), Error> {
+        let d = dir("uploads");
+        let a = FileSink::create_in(open_dir(&d), OsStr::new("m.bin"), d.join("m.bin"))?;
+        let b = FileSink::create_in(open_dir(&d), OsStr::new("m.bin"), d.join("m.bin"))?;
+        assert_ne!(a.part_path(), b.part_path());
+        a.write_at(0, b"aaaa")?;
+        b.write_at(0, b"bb")?;
+        a.commit(4, false)?;
+        assert_eq!(std::fs::read(d.join("m.bin"))?, b"aaaa");
+        b.commit(2, false)?;
+        assert_eq!(std::fs::read(d.join("m.bin"))?, b"bb");
+        let left: Vec<_> = std::fs::read_dir(&d)?.flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left, vec![OsString::from("m.bin")], "temporary files left behind");
+        Ok(())
+    }
+
+    #[test]
+    fn upload_commit_renames_the_validated_file_not_the_path() -> Result<(), Error> {
+        let d = dir("byfile");
+        let sink = FileSink::create_in(open_dir(&d), OsStr::new("m.bin"), d.join("m.bin"))?;
+        sink.write_at(0, b"good")?;
+        // Someone plants other bytes at the old-style `.part` path meanwhile.
+        std::fs::write(d.join("m.bin.part"), b"evil")?;
+        sink.commit(4, false)?;
+        assert_eq!(std::fs::read(d.join("m.bin"))?, b"good");
+        Ok(())
+    }
+
+    #[test]
+    fn upload_temp_files_are_created_exclusively() -> Result<(), Error> {
+        let d = dir("excl");
+        let sink = FileSink::create_in(open_dir(&d), OsStr::new("x"), d.join("x"))?;
+        let part = sink.part_path().to_path_buf();
+        drop(sink);
+        assert!(!part.exists(), "a dropped upload leaves its temporary file");
+        // A symbolic link planted at the next temporary name is not followed:
+        // creation moves on to another name.
+        let outside = dir("excl-outside").join("victim");
+        std::fs::write(&outside, b"keep")?;
+        let n: u64 = part.to_string_lossy().rsplit('-').next().and_then(|n| n.parse().ok()).expect("counter");
+        for k in 1..4 {
+            let _ = std::os::unix::fs::symlink(
+                &outside,
+                d.join(format!("{UPLOAD_PREFIX}{}-{}", std::process::id(), n + k)),
+            );
+        }
+        let sink = FileSink::create_in(open_dir(&d), OsStr::new("x"), d.join("x"))?;
+        sink.write_at(0, b"new")?;
+        sink.commit(3, false)?;
+        assert_eq!(std::fs::read(&outside)?, b"keep");
+        Ok(())
+    }
+
+    #[test]
+    fn stale_uploads_are_removed_and_nothing_else() -> Result<(), Error> {
+        let d = dir("stale");
+        std::fs::create_dir_all(d.join("sub"))?;
+        std::fs::write(d.join(format!("{UPLOAD_PREFIX}1-1")), b"x")?;
+        std::fs::write(d.join(format!("sub/{UPLOAD_PREFIX}2-9")), b"x")?;
+        std::fs::write(d.join("keep.bin"), b"x")?;
+        std::fs::write(d.join("keep.bin.part"), b"x")?;
+        assert_eq!(remove_stale_uploads(&d)?, 2);
+        let mut left: Vec<_> = std::fs::read_dir(&d)?.flatten().map(|e| e.file_name()).collect();
+        left.sort();
+        assert_eq!(left, ["keep.bin", "keep.bin.part", "sub"].map(OsString::from));
+        Ok(())
     }
 
     #[test]

@@ -12,6 +12,6 @@ mod ranges;
 mod retriever;
 
 pub use assembler::{Assembler, Event};
-pub use file::{validate_safetensors, FileSink};
+pub use file::{remove_stale_uploads, validate_safetensors, FileSink, UPLOAD_PREFIX};
 pub use ranges::RangeSet;
 pub use retriever::ObjectRetriever;

@@ -232,9 +232,11 @@ where
                 if b.encoding != Encoding::Raw {
                     // Restored chunk by chunk, straight into the tensor being
                     // assembled: the encoded item is never held whole.
+                    // Grows with the restored data, never from the declared
+                    // length (a peer could declare 256 GiB and send 8 bytes).
                     let mut v = match std::mem::replace(&mut b.data, Assembly::Empty) {
                         Assembly::Many(v) => v,
-                        _ => Vec::with_capacity(b.len),
+                        _ => Vec::new(),
                     };
                     decode_chunk_into(&b.encoding, &b.meta, c.offset, &c.data, &mut v, self.subnormals)?;
                     b.data = Assembly::Many(v);
@@ -242,16 +244,12 @@ where
                 }
                 b.data = match std::mem::replace(&mut b.data, Assembly::Empty) {
                     Assembly::Empty if c.data.len() == b.len => Assembly::One(c.data),
-                    Assembly::Empty => {
-                        // Reserved from the verified item header's length, within
-                        // Limits::max_item_len; large buffers are committed by the
-                        // OS page by page as data arrives.
-                        let mut v = Vec::with_capacity(b.len);
-                        v.extend_from_slice(&c.data);
-                        Assembly::Many(v)
-                    }
+                    // Room grows with the bytes that arrived (amortized
+                    // doubling), never from the declared length: one 8 KB
+                    // push declaring a 256 GiB tensor must not allocate it.
+                    Assembly::Empty => Assembly::Many(c.data.to_vec()),
                     Assembly::One(first) => {
-                        let mut v = Vec::with_capacity(b.len);
+                        let mut v = Vec::with_capacity(first.len() + c.data.len());
                         v.extend_from_slice(&first);
                         v.extend_from_slice(&c.data);
                         Assembly::Many(v)
@@ -275,6 +273,18 @@ where
             Frame::Abort(a) => return Err(Error::Aborted { code: a.code, message: a.message }),
         }
         Ok(None)
+    }
+}
+
+impl<S> ObjectRetriever<S> {
+    /// Bytes of room held for the tensor being assembled.
+    #[cfg(test)]
+    fn assembling_capacity(&self) -> usize {
+        match self.building.as_ref().map(|b| &b.data) {
+            Some(Assembly::Many(v)) => v.capacity(),
+            Some(Assembly::One(d)) => d.len(),
+            _ => 0,
+        }
     }
 }
 
@@ -366,4 +376,29 @@ fn side_path(dest: &Path) -> std::path::PathBuf {
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
     tokio::task::spawn_blocking(f).await.map_err(|e| Error::Io(std::io::Error::other(e)))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::Dtype;
+    use crate::wire::{ItemHeader, ObjectEncoder};
+
+    /// Finding 3 of issue 10: a 64 GiB tensor declared, 8 KiB sent.
+    #[test]
+    fn room_grows_with_the_data_not_the_declared_length() -> Result<(), Error> {
+        let mut enc = ObjectEncoder::new();
+        let frames = vec![
+            enc.object_header(ObjectHeader::new("m", Mode::Container))?,
+            enc.item_header(ItemHeader::tensor(0, "w", Dtype::U8, vec![64 << 30]))?,
+            enc.chunk(Bytes::from(vec![1u8; 4096]))?,
+            enc.chunk(Bytes::from(vec![2u8; 4096]))?,
+        ];
+        let mut r = ObjectRetriever::new(futures::stream::empty::<Result<Frame, Error>>());
+        for f in frames {
+            assert!(r.handle(f)?.is_none());
+        }
+        assert!(r.assembling_capacity() <= 64 << 10, "holds {} bytes for 8 KiB", r.assembling_capacity());
+        Ok(())
+    }
 }

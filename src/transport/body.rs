@@ -12,7 +12,7 @@ use h2::{RecvStream, SendStream};
 use super::Config;
 use crate::recv::{Assembler, Event, FileSink};
 use crate::send::FORMAT_KEY;
-use crate::wire::{preamble, EncodedFrame, Frame, FrameDecoder, HEADER_LEN};
+use crate::wire::{preamble, Budget, EncodedFrame, Frame, FrameDecoder, HEADER_LEN};
 use crate::Error;
 
 /// Frames smaller than this are staged and sent together with the next
@@ -134,6 +134,12 @@ async fn capacity(stream: &mut SendStream<EncodedFrame>) -> Result<usize, Error>
 /// have been copied into the decoder's buffer, and the next DATA frame is
 /// only read when the consumer asks for the next frame: the consumer's pace
 /// is the sender's pace, and memory stays at one frame plus the window.
+///
+/// With a [`Budget`] (a server's, per connection), bytes are released to
+/// the sender only while they fit in it: what a peer makes the receiver hold
+/// in partial frames is bounded by the budget plus the stream's window, and
+/// a peer that declares a long frame and stalls holds its budget share only
+/// until the idle timeout.
 #[derive(Debug)]
 pub struct FrameReceiver {
     body: RecvStream,
@@ -144,7 +150,15 @@ pub struct FrameReceiver {
     eof: bool,
     received: u64,
     counter: Arc<std::sync::atomic::AtomicU64>,
+    budget: Option<Budget>,
+    /// Bytes taken from the budget for what `buf` and `pending` hold.
+    charged: u64,
+    /// Bytes received whose flow-control capacity is not released yet.
+    unreleased: usize,
 }
+
+/// How often a receiver waiting for budget tries again.
+const BUDGET_RETRY: Duration = Duration::from_millis(20);
 
 impl FrameReceiver {
     pub(crate) fn new(body: RecvStream, config: &Config) -> Self {
@@ -157,7 +171,39 @@ impl FrameReceiver {
             eof: false,
             received: 0,
             counter: Arc::default(),
+            budget: None,
+            charged: 0,
+            unreleased: 0,
         }
+    }
+
+    /// Bounds what this stream may hold by `budget` (SPEC.md §8.7): the
+    /// names its decoder remembers, and the bytes of partial frames.
+    pub(crate) fn with_budget(mut self, budget: Budget) -> Self {
+        self.dec = FrameDecoder::with_limits(*self.dec.limits()).with_budget(budget.clone());
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Gives back the budget of bytes that left the buffers, and releases
+    /// capacity for received bytes as far as the budget allows.
+    fn settle(&mut self) -> Result<(), Error> {
+        let Some(budget) = &self.budget else {
+            if self.unreleased > 0 {
+                self.body.flow_control().release_capacity(std::mem::take(&mut self.unreleased))?;
+            }
+            return Ok(());
+        };
+        let held = (self.buf.len() + self.pending.len()) as u64;
+        if self.charged > held {
+            budget.give(self.charged - held);
+            self.charged = held;
+        }
+        if self.unreleased > 0 && budget.try_take(self.unreleased as u64) {
+            self.charged += self.unreleased as u64;
+            self.body.flow_control().release_capacity(std::mem::take(&mut self.unreleased))?;
+        }
+        Ok(())
     }
 
     /// Body bytes received so far.
@@ -196,11 +242,16 @@ impl FrameReceiver {
                 self.dec.finish(&self.buf)?;
                 return Ok(None);
             }
-            match tokio::time::timeout(self.idle, self.body.data()).await {
-                Err(_) => return Err(Error::Timeout("data")),
-                Ok(None) => self.eof = true,
-                Ok(Some(Err(e))) => return Err(e.into()),
-                Ok(Some(Ok(data))) => {
+            self.settle()?;
+            let data = if self.unreleased == 0 {
+                tokio::time::timeout(self.idle, self.body.data()).await.map_err(|_| Error::Timeout("data"))?
+            } else {
+                self.data_within_budget().await?
+            };
+            match data {
+                None => self.eof = true,
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(data)) => {
                     let n = data.len();
                     self.received += n as u64;
                     self.counter.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
@@ -210,10 +261,37 @@ impl FrameReceiver {
                         self.buf.extend_from_slice(&data);
                     }
                     // The bytes are ours now (at most one DATA frame held, or
-                    // one partial frame copied): the sender may send more.
-                    self.body.flow_control().release_capacity(n)?;
+                    // one partial frame copied): the sender may send more,
+                    // within the budget.
+                    self.unreleased += n;
+                    self.settle()?;
                 }
             }
+        }
+    }
+
+    /// Waits for data while some capacity is held back for want of budget,
+    /// releasing it as soon as the budget has room; fails after the idle
+    /// timeout without progress.
+    async fn data_within_budget(&mut self) -> Result<Option<Result<Bytes, h2::Error>>, Error> {
+        let deadline = tokio::time::Instant::now() + self.idle;
+        loop {
+            let tick = (tokio::time::Instant::now() + BUDGET_RETRY).min(deadline);
+            if let Ok(data) = tokio::time::timeout_at(tick, self.body.data()).await {
+                return Ok(data);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Timeout("data (the server's memory budget for partial frames is in use)"));
+            }
+            self.settle()?;
+        }
+    }
+}
+
+impl Drop for FrameReceiver {
+    fn drop(&mut self) {
+        if let Some(budget) = &self.budget {
+            budget.give(self.charged);
         }
     }
 }
@@ -261,9 +339,20 @@ pub(crate) async fn receive_file(
     progress: Option<&ProgressFn>,
 ) -> Result<Received, Error> {
     let dest_owned = dest.to_path_buf();
-    let sink = Arc::new(tokio::task::spawn_blocking(move || FileSink::create(dest_owned)).await.map_err(join)??);
+    let sink = tokio::task::spawn_blocking(move || FileSink::create(dest_owned)).await.map_err(join)??;
+    receive_into(rx, sink, progress).await
+}
+
+/// Receives an object from `rx` into an already created `sink`, committed
+/// when the object end is verified.
+pub(crate) async fn receive_into(
+    rx: &mut FrameReceiver,
+    sink: FileSink,
+    progress: Option<&ProgressFn>,
+) -> Result<Received, Error> {
+    let mut safetensors = sink.dest().extension().is_some_and(|e| e == "safetensors");
+    let sink = Arc::new(sink);
     let mut asm = Assembler::new();
-    let mut safetensors = dest.extension().is_some_and(|e| e == "safetensors");
     let mut total = None;
     while let Some(frame) = rx.next_frame().await? {
         asm.handle_frame(frame)?;

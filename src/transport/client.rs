@@ -168,7 +168,7 @@ impl Client {
         opts: &TransferOptions,
     ) -> Result<FrameReceiver, Error> {
         if name.is_empty() {
-            // `/objects/` is the listing (SPEC.md §8.7), not an object.
+            // `/objects/` is the listing (SPEC.md §8.8), not an object.
             return Err(Error::InvalidName { name: String::new(), reason: "empty" });
         }
         let mut query = query.to_vec();

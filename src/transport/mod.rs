@@ -10,6 +10,17 @@
 //! sender instead of growing a buffer, and both release received capacity
 //! only after the bytes were taken by the consumer.
 //!
+//! # Facing untrusted peers
+//!
+//! A [`Server`] bounds what peers can make it hold (SPEC.md §8.7), each bound
+//! a [`Config`] field: connections in total and per peer address, streams
+//! per connection, header block size, handshake, idle-connection and
+//! transfer timeouts, and byte budgets per connection and per server for
+//! partial frames, remembered item names and quantized frames being sent.
+//! No buffer is sized from a length a peer declares. Pushes go into
+//! temporary files of their own, committed by `renameat` relative to a
+//! directory handle once verified (SPEC.md §8.3).
+//!
 //! # The allocator matters on the receiving side
 //!
 //! h2 reads every DATA frame into a fresh buffer (1 MiB with the default
@@ -32,6 +43,8 @@ use std::time::Duration;
 pub use body::{FrameReceiver, FrameStream, Progress, ProgressFn};
 pub use client::{Client, Transfer, TransferOptions};
 pub use registry::{ContainerSource, Listed, PushHandler, Registry, MAX_LISTED};
+#[cfg(any(fuzzing, test))]
+pub(crate) use server::fuzz_request;
 pub use server::{Server, ServerHandle};
 
 use crate::wire::Limits;
@@ -68,12 +81,39 @@ pub struct Config {
     /// How long a transfer may make no progress (no data received, or no
     /// send capacity granted) before it fails.
     pub idle_timeout: Duration,
-    /// Most concurrent streams a server accepts per connection.
+    /// Most concurrent streams a server accepts per connection
+    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`; `serve --max-concurrent-streams`).
     pub max_concurrent_streams: u32,
     /// The smallest chunk size a server sends when a client asks for a
     /// smaller one (SPEC.md §8.2: requests are clamped to
     /// `min_chunk_size ..= min(max_payload, MAX_CHUNK_BYTES)`).
     pub min_chunk_size: u32,
+    /// Largest header block a peer may send, decoded (RFC 9113
+    /// `SETTINGS_MAX_HEADER_LIST_SIZE`); h2 refuses larger blocks before
+    /// buffering them whole (`serve --max-header-list-size`).
+    pub max_header_list_size: u32,
+    /// Most connections a server holds at once; more are accepted and closed
+    /// at once (`serve --max-connections`).
+    pub max_connections: usize,
+    /// Most connections a server holds from one peer IP address
+    /// (`serve --max-connections-per-peer`).
+    pub max_connections_per_peer: usize,
+    /// How long a new connection may take to finish the HTTP/2 handshake
+    /// (`serve --handshake-timeout`).
+    pub handshake_timeout: Duration,
+    /// How long a server keeps a connection with no request in flight
+    /// before closing it with GOAWAY (`serve --idle-connection-timeout`).
+    pub idle_connection_timeout: Duration,
+    /// Most bytes one connection's streams may make a server hold beyond the
+    /// flow-control window: partial frames and remembered item names
+    /// (`serve --max-pinned-per-connection`). At the limit the server stops
+    /// releasing flow-control capacity (the peer must wait) and refuses more
+    /// names.
+    pub max_pinned_per_connection: u64,
+    /// The same bound for all connections of a server together
+    /// (`serve --max-pinned`); it also bounds the frames a server has
+    /// produced and not yet handed to HTTP/2 (quantized chunks).
+    pub max_pinned: u64,
 }
 
 impl Default for Config {
@@ -87,8 +127,15 @@ impl Default for Config {
             limits: Limits::default(),
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
-            max_concurrent_streams: 128,
             min_chunk_size: crate::wire::MIN_CHUNK_BYTES,
+            max_concurrent_streams: 64,
+            max_header_list_size: 64 << 10,
+            max_connections: 1024,
+            max_connections_per_peer: 128,
+            handshake_timeout: Duration::from_secs(10),
+            idle_connection_timeout: Duration::from_secs(120),
+            max_pinned_per_connection: 64 << 20,
+            max_pinned: 256 << 20,
         }
     }
 }

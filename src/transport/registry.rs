@@ -1,13 +1,15 @@
 //! [`Registry`]: which files a server may serve, and where pushes go.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 use super::FrameStream;
-use crate::recv::ObjectRetriever;
+use crate::recv::{FileSink, ObjectRetriever, UPLOAD_PREFIX};
 use crate::tensor::TensorMap;
 use crate::Error;
 
@@ -37,6 +39,9 @@ pub type PushHandler =
 #[derive(Clone, Default)]
 pub struct Registry {
     root: Option<PathBuf>,
+    /// The root directory, opened once: uploads are created and committed
+    /// relative to it, never through a path resolved again.
+    root_dir: Option<Arc<File>>,
     files: HashMap<String, PathBuf>,
     containers: HashMap<String, ContainerSource>,
     push_handler: Option<PushHandler>,
@@ -71,7 +76,28 @@ impl Registry {
         if !root.is_dir() {
             return Err(std::io::Error::new(std::io::ErrorKind::NotADirectory, "root is not a directory").into());
         }
-        Ok(Registry { root: Some(root), accept_pushes: true, ..Registry::default() })
+        let root_dir = File::open(&root)?;
+        Ok(Registry {
+            root: Some(root),
+            root_dir: Some(Arc::new(root_dir)),
+            accept_pushes: true,
+            ..Registry::default()
+        })
+    }
+
+    /// Removes the temporary files that uploads interrupted by a crash or a
+    /// kill left under the root (a [`Server`](super::Server) does this when
+    /// it binds); returns how many. Call it only when no other process is
+    /// receiving uploads into the same root.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the root cannot be read.
+    pub fn remove_stale_uploads(&self) -> Result<u64, Error> {
+        match (&self.root, self.accept_pushes) {
+            (Some(root), true) => crate::recv::remove_stale_uploads(root),
+            _ => Ok(0),
+        }
     }
 
     /// Registers one file under `name`.
@@ -153,6 +179,11 @@ impl Registry {
             return Ok(path.clone());
         }
         let root = self.root.as_ref().ok_or_else(not_found)?;
+        // In-progress files are never served: uploads' temporary files, and
+        // `.part` files a client may be downloading into.
+        if is_reserved(name) {
+            return Err(not_found());
+        }
         let path = checked_join(root, name).ok_or_else(not_found)?;
         // Resolves symbolic links; the result must still be under the root.
         let real = path.canonicalize().map_err(|_| not_found())?;
@@ -162,33 +193,54 @@ impl Registry {
         Ok(real)
     }
 
-    /// Where a push of `name` is written.
+    /// Starts an upload of `name`: opens its directory below the root one
+    /// component at a time without following symbolic links, and creates a
+    /// temporary file of its own there ([`FileSink::create_in`]), which the
+    /// commit renames over `name` relative to that directory. Blocking.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidName`] when pushes are not accepted or the target
-    /// would lie outside the root or is a symbolic link; [`Error::NotFound`]
-    /// when its directory does not exist.
-    pub fn resolve_for_write(&self, name: &str) -> Result<PathBuf, Error> {
-        let refuse = |reason| Error::InvalidName { name: name.to_string(), reason };
-        let root =
-            self.root.as_ref().filter(|_| self.accept_pushes).ok_or_else(|| refuse("pushes are not accepted"))?;
-        let path = checked_join(root, name).ok_or_else(|| refuse("not a plain relative name"))?;
-        let parent = path.parent().ok_or_else(|| refuse("no parent directory"))?;
-        let real_parent = parent.canonicalize().map_err(|_| Error::NotFound { name: name.to_string() })?;
-        if !real_parent.starts_with(root) {
-            return Err(refuse("outside the root"));
+    /// [`Error::InvalidName`] when pushes are not accepted, the name is
+    /// reserved (an upload's temporary file or a `.part` file), a directory
+    /// on the way is a symbolic link, or the target is a symbolic link or a
+    /// directory; [`Error::NotFound`] when a directory does not exist;
+    /// [`Error::Io`] when the file cannot be created.
+    pub fn create_upload(&self, name: &str) -> Result<FileSink, Error> {
+        let refuse = |reason| Error::InvalidName { name: crate::wire::meta_truncate(name), reason };
+        let (Some(root), Some(root_dir), true) = (&self.root, &self.root_dir, self.accept_pushes) else {
+            return Err(refuse("pushes are not accepted"));
+        };
+        // SPEC.md §8.3: pushes never write into an in-progress file.
+        if is_reserved(name) {
+            return Err(refuse("reserved for files in progress"));
         }
-        let file_name = path.file_name().ok_or_else(|| refuse("no file name"))?;
-        let target = real_parent.join(file_name);
-        if target.symlink_metadata().map(|m| m.file_type().is_symlink() || m.is_dir()).unwrap_or(false) {
-            return Err(refuse("target is a symbolic link or a directory"));
+        let shown_as = checked_join(root, name).ok_or_else(|| refuse("not a plain relative name"))?;
+        let rel = Path::new(name);
+        let file_name = rel.file_name().ok_or_else(|| refuse("no file name"))?;
+        let mut dir = root_dir.try_clone()?;
+        for seg in rel.parent().into_iter().flat_map(Path::components) {
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            dir = match rustix::fs::openat(&dir, seg.as_os_str(), flags, Mode::empty()) {
+                Ok(fd) => File::from(fd),
+                Err(rustix::io::Errno::NOENT) => return Err(Error::NotFound { name: name.to_string() }),
+                // SPEC.md §8.5: nothing outside the root, not even through a link.
+                Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => {
+                    return Err(refuse("a directory on the way is a symbolic link or not a directory"))
+                }
+                Err(e) => return Err(std::io::Error::from(e).into()),
+            };
         }
-        Ok(target)
+        match rustix::fs::statat(&dir, file_name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if matches!(FileType::from_raw_mode(st.st_mode), FileType::Symlink | FileType::Directory) => {
+                return Err(refuse("target is a symbolic link or a directory"))
+            }
+            _ => {}
+        }
+        FileSink::create_in(dir, file_name, shown_as)
     }
 }
 
-/// One object of a listing (`GET /objects`, SPEC.md §8.7).
+/// One object of a listing (`GET /objects`, SPEC.md §8.8).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Listed {
     /// The object's name.
@@ -230,6 +282,9 @@ impl Registry {
                     }
                     let Ok(kind) = entry.file_type() else { continue };
                     let name = format!("{prefix}{file}");
+                    if is_reserved(&name) {
+                        continue;
+                    }
                     if kind.is_dir() {
                         dirs.push((entry.path(), format!("{name}/")));
                     } else if kind.is_file() {
@@ -259,6 +314,12 @@ fn listed_file(name: String, path: &Path) -> Option<Listed> {
         None
     };
     Some(Listed { name, bytes: meta.len(), modified, tensors })
+}
+
+/// Names a server neither serves nor accepts pushes to: an upload's
+/// temporary file (any segment), or a `.part` file.
+fn is_reserved(name: &str) -> bool {
+    name.ends_with(".part") || name.split('/').any(|seg| seg.starts_with(UPLOAD_PREFIX))
 }
 
 /// `root/name` when every component of `name` is a normal one.
@@ -316,8 +377,8 @@ mod tests {
         let (_, r) = root();
         assert!(matches!(r.resolve("escape"), Err(Error::NotFound { .. })));
         assert!(matches!(r.resolve("rootlink/etc/passwd"), Err(Error::NotFound { .. })));
-        assert!(r.resolve_for_write("rootlink/tmp/x").is_err());
-        assert!(r.resolve_for_write("escape").is_err());
+        assert!(matches!(r.create_upload("rootlink/tmp/x"), Err(Error::InvalidName { .. })));
+        assert!(matches!(r.create_upload("escape"), Err(Error::InvalidName { .. })));
     }
 
     #[test]
@@ -330,9 +391,23 @@ mod tests {
     #[test]
     fn pushes_go_under_root_only_when_accepted() {
         let (dir, r) = root();
-        let target = r.resolve_for_write("sub/new.bin").expect("writable");
-        assert!(target.starts_with(dir.canonicalize().expect("canon")));
-        assert!(r.clone().accept_pushes(false).resolve_for_write("sub/new.bin").is_err());
-        assert!(Registry::new().resolve_for_write("x").is_err());
+        let sink = r.create_upload("sub/new.bin").expect("writable");
+        assert!(sink.dest().starts_with(dir.canonicalize().expect("canon")));
+        assert!(sink.part_path().starts_with(dir.canonicalize().expect("canon").join("sub")));
+        drop(sink);
+        assert!(r.clone().accept_pushes(false).create_upload("sub/new.bin").is_err());
+        assert!(Registry::new().create_upload("x").is_err());
+    }
+
+    #[test]
+    fn in_progress_files_are_neither_served_nor_written() {
+        let (dir, r) = root();
+        std::fs::write(dir.join("sub/b.bin.part"), b"partial").expect("file");
+        let temp = format!("{UPLOAD_PREFIX}1-1");
+        std::fs::write(dir.join(&temp), b"partial").expect("file");
+        assert!(matches!(r.resolve("sub/b.bin.part"), Err(Error::NotFound { .. })));
+        assert!(matches!(r.resolve(&temp), Err(Error::NotFound { .. })));
+        assert!(matches!(r.create_upload("sub/b.bin.part"), Err(Error::InvalidName { .. })));
+        assert!(matches!(r.create_upload(&temp), Err(Error::InvalidName { .. })));
     }
 }

@@ -1,8 +1,10 @@
 //! [`Server`]: serves a [`Registry`] over HTTP/2 (SPEC.md §8).
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use h2::server::SendResponse;
@@ -13,13 +15,13 @@ use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::body::{join, receive_file, FrameReceiver, FrameSender};
+use super::body::{join, receive_into, FrameReceiver, FrameSender};
 use super::{Config, Registry};
 use futures::StreamExt;
 
 use crate::recv::ObjectRetriever;
 use crate::send::{ContainerStreamer, FileStreamer};
-use crate::wire::{Abort, AbortCode, EncodedFrame, Frame, CONTENT_TYPE};
+use crate::wire::{Abort, AbortCode, Budget, EncodedFrame, Frame, CONTENT_TYPE};
 use crate::Error;
 
 /// An HTTP/2 server (cleartext, prior knowledge) for the objects of a
@@ -29,6 +31,11 @@ use crate::Error;
 /// Every transfer is its own HTTP/2 stream; many share a connection. A
 /// sender sends only against the capacity the client grants, so a slow
 /// client slows its own transfers and nothing is buffered on its behalf.
+///
+/// What peers can make it hold is bounded by [`Config`]'s connection,
+/// stream, header, timeout and byte-budget fields (SPEC.md §8.7); a failed
+/// `accept()` is logged and backed off, never fatal. When it binds, it
+/// removes upload files an earlier run left behind.
 ///
 /// ```no_run
 /// use tensorwire::transport::{Config, Registry, Server};
@@ -52,46 +59,106 @@ pub struct Server {
 struct Shared {
     registry: Registry,
     config: Config,
+    stats: Arc<Stats>,
     metrics: super::metrics::Metrics,
-    draining: Arc<std::sync::atomic::AtomicBool>,
-    active: Arc<AtomicUsize>,
-    started: Arc<AtomicU64>,
+    /// What all connections together may make the server hold.
+    budget: Budget,
+    /// Open connections per peer address.
+    peers: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Shared {
+    fn new(registry: Registry, config: Config) -> Self {
+        let budget = Budget::new(config.max_pinned);
+        let metrics = super::metrics::Metrics::new();
+        Shared { registry, config, stats: Arc::default(), metrics, budget, peers: Mutex::default() }
+    }
+}
+
+/// Counters a [`ServerHandle`] reads.
+#[derive(Debug, Default)]
+struct Stats {
+    /// Set by [`ServerHandle::shutdown`]: `/healthz` answers 503.
+    draining: std::sync::atomic::AtomicBool,
+    active: AtomicUsize,
+    started: AtomicU64,
     sent: Arc<AtomicU64>,
+    connections: AtomicUsize,
+    refused: AtomicU64,
+    accept_errors: AtomicU64,
+    stale_removed: AtomicU64,
+    /// Connection and request tasks spawned and not yet reaped.
+    tasks: AtomicUsize,
 }
 
 /// Stops a running [`Server`] gracefully, and reports on it.
 #[derive(Debug, Clone)]
 pub struct ServerHandle {
     stop: watch::Sender<bool>,
-    draining: Arc<std::sync::atomic::AtomicBool>,
-    active: Arc<AtomicUsize>,
-    started: Arc<AtomicU64>,
-    sent: Arc<AtomicU64>,
+    stats: Arc<Stats>,
+    budget: Budget,
 }
 
 impl ServerHandle {
     /// Stops accepting connections and asks every connection to close once
     /// its transfers are done (HTTP/2 GOAWAY).
     pub fn shutdown(&self) {
-        self.draining.store(true, Ordering::SeqCst);
+        self.stats.draining.store(true, Ordering::SeqCst);
         let _ = self.stop.send(true);
     }
 
     /// Whether [`ServerHandle::shutdown`] was called: `/healthz` answers
     /// 503 from then on.
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
+        self.stats.draining.load(Ordering::SeqCst)
     }
 
     /// Requests being handled right now (a cancelled transfer stops counting
     /// as soon as the server has noticed the reset).
     pub fn active_requests(&self) -> usize {
-        self.active.load(Ordering::SeqCst)
+        self.stats.active.load(Ordering::SeqCst)
     }
 
     /// Requests accepted since the server started (finished ones included).
     pub fn requests_started(&self) -> u64 {
-        self.started.load(Ordering::SeqCst)
+        self.stats.started.load(Ordering::SeqCst)
+    }
+
+    /// Connections open right now.
+    pub fn connections(&self) -> usize {
+        self.stats.connections.load(Ordering::SeqCst)
+    }
+
+    /// Connections closed at once because [`Config::max_connections`] or
+    /// [`Config::max_connections_per_peer`] was reached.
+    pub fn connections_refused(&self) -> u64 {
+        self.stats.refused.load(Ordering::SeqCst)
+    }
+
+    /// Failed `accept()` calls (out of file descriptors, for one), each
+    /// logged and followed by a back-off; the server keeps running.
+    pub fn accept_errors(&self) -> u64 {
+        self.stats.accept_errors.load(Ordering::SeqCst)
+    }
+
+    /// Connection and request tasks the server holds: running ones, and
+    /// finished ones not yet reaped (reaping happens as they finish, so this
+    /// falls back to the number running).
+    pub fn tasks_held(&self) -> usize {
+        self.stats.tasks.load(Ordering::SeqCst)
+    }
+
+    /// Temporary upload files left by an earlier run that were removed
+    /// when the server bound.
+    pub fn stale_uploads_removed(&self) -> u64 {
+        self.stats.stale_removed.load(Ordering::SeqCst)
+    }
+
+    /// Bytes peers make the server hold right now beyond flow-control
+    /// windows (partial frames, remembered names, frames being sent), out of
+    /// [`Config::max_pinned`].
+    pub fn pinned_bytes(&self) -> u64 {
+        self.budget.used()
     }
 
     /// Waits until at least one request has been handled and none is in
@@ -106,24 +173,71 @@ impl ServerHandle {
     /// Response-body bytes handed to HTTP/2 so far, all transfers together:
     /// only what receivers granted flow-control capacity for.
     pub fn bytes_sent(&self) -> u64 {
-        self.sent.load(Ordering::SeqCst)
+        self.stats.sent.load(Ordering::SeqCst)
     }
 }
 
 /// Counts a request as active for as long as it lives.
-struct ActiveGuard(Arc<AtomicUsize>);
+struct ActiveGuard(Arc<Stats>);
 
 impl ActiveGuard {
-    fn new(counter: &Arc<AtomicUsize>) -> Self {
-        counter.fetch_add(1, Ordering::SeqCst);
-        ActiveGuard(Arc::clone(counter))
+    fn new(stats: &Arc<Stats>) -> Self {
+        stats.active.fetch_add(1, Ordering::SeqCst);
+        ActiveGuard(Arc::clone(stats))
     }
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// A connection's place in the server's limits, given back on drop.
+struct Slot {
+    shared: Arc<Shared>,
+    peer: IpAddr,
+}
+
+impl Slot {
+    /// Takes a place for a connection from `peer`, if both the total and the
+    /// per-peer limit allow it.
+    fn take(shared: &Arc<Shared>, peer: IpAddr) -> Option<Slot> {
+        let c = &shared.config;
+        let mut peers = shared.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let total = shared.stats.connections.load(Ordering::SeqCst);
+        let from_peer = peers.get(&peer).copied().unwrap_or(0);
+        if total >= c.max_connections || from_peer >= c.max_connections_per_peer {
+            return None;
+        }
+        peers.insert(peer, from_peer + 1);
+        shared.stats.connections.fetch_add(1, Ordering::SeqCst);
+        Some(Slot { shared: Arc::clone(shared), peer })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut peers = self.shared.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = peers.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                peers.remove(&self.peer);
+            }
+        }
+        self.shared.stats.connections.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The shortest and longest pause after a failed `accept()`.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+
+/// Whether an `accept()` error concerns only the connection being accepted
+/// (retry at once) rather than the process (back off: out of descriptors or
+/// memory).
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionAborted | ConnectionRefused | ConnectionReset | Interrupted | WouldBlock)
 }
 
 impl Server {
@@ -135,15 +249,13 @@ impl Server {
     pub async fn bind(addr: impl ToSocketAddrs, registry: Registry, config: Config) -> Result<Self, Error> {
         let listener = TcpListener::bind(addr).await?;
         let (shutdown, _) = watch::channel(false);
-        let shared = Arc::new(Shared {
-            registry,
-            config,
-            metrics: super::metrics::Metrics::new(),
-            draining: Arc::default(),
-            active: Arc::default(),
-            started: Arc::default(),
-            sent: Arc::default(),
-        });
+        let shared = Arc::new(Shared::new(registry, config));
+        // Uploads interrupted by a crash or a kill of an earlier run.
+        let stale = shared.registry.remove_stale_uploads().unwrap_or(0);
+        if stale > 0 {
+            tracing::info!(removed = stale, "removed temporary upload files left by an earlier run");
+        }
+        shared.stats.stale_removed.store(stale, Ordering::SeqCst);
         Ok(Server { listener, shared, shutdown })
     }
 
@@ -156,97 +268,162 @@ impl Server {
     pub fn handle(&self) -> ServerHandle {
         ServerHandle {
             stop: self.shutdown.clone(),
-            draining: Arc::clone(&self.shared.draining),
-            active: Arc::clone(&self.shared.active),
-            started: Arc::clone(&self.shared.started),
-            sent: Arc::clone(&self.shared.sent),
+            stats: Arc::clone(&self.shared.stats),
+            budget: self.shared.budget.clone(),
         }
     }
 
     /// Accepts connections until shut down, then waits for every connection
     /// to finish its transfers.
     ///
+    /// A failed `accept()` (out of file descriptors, say) is logged and
+    /// followed by a back-off of 10 ms doubling up to 1 s; it never ends the
+    /// server. Connections beyond [`Config::max_connections`] or
+    /// [`Config::max_connections_per_peer`] are accepted and closed at once.
+    /// Finished connections are reaped as they finish.
+    ///
     /// # Errors
     ///
-    /// [`Error::Io`] when accepting fails.
+    /// None so far; the `Result` leaves room for failures to come.
     pub async fn run(self) -> Result<(), Error> {
         let mut stop = self.shutdown.subscribe();
         let mut connections = JoinSet::new();
+        let mut backoff = Duration::ZERO;
+        let mut pause = None;
         loop {
             tokio::select! {
-                accepted = self.listener.accept() => {
-                    let (tcp, _) = accepted?;
-                    let _ = tcp.set_nodelay(true);
-                    let shared = Arc::clone(&self.shared);
-                    let stop = self.shutdown.subscribe();
-                    connections.spawn(async move { serve(tcp, shared, stop).await });
+                accepted = self.listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        backoff = Duration::ZERO;
+                        let Some(slot) = Slot::take(&self.shared, peer.ip()) else {
+                            self.shared.stats.refused.fetch_add(1, Ordering::SeqCst);
+                            tracing::debug!(%peer, "connection limit reached; closing");
+                            continue;
+                        };
+                        let _ = tcp.set_nodelay(true);
+                        let shared = Arc::clone(&self.shared);
+                        let stop = self.shutdown.subscribe();
+                        self.shared.stats.tasks.fetch_add(1, Ordering::SeqCst);
+                        connections.spawn(async move {
+                            let _slot = slot;
+                            if let Err(e) = serve(tcp, shared, stop).await {
+                                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                            }
+                        });
+                    }
+                    Err(e) if is_connection_error(&e) => {}
+                    Err(e) => {
+                        self.shared.stats.accept_errors.fetch_add(1, Ordering::SeqCst);
+                        backoff = (backoff * 2).clamp(ACCEPT_BACKOFF.0, ACCEPT_BACKOFF.1);
+                        tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
+                        pause = Some(backoff);
+                    }
+                },
+                // Reaps finished connections as they finish.
+                Some(_) = connections.join_next(), if !connections.is_empty() => {
+                    self.shared.stats.tasks.fetch_sub(1, Ordering::SeqCst);
                 }
                 _ = stop.wait_for(|s| *s) => break,
             }
+            if let Some(pause) = pause.take() {
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+            }
         }
-        while connections.join_next().await.is_some() {}
+        while connections.join_next().await.is_some() {
+            self.shared.stats.tasks.fetch_sub(1, Ordering::SeqCst);
+        }
         Ok(())
     }
 
     /// Serves one connection over any IO (a `tokio::io::duplex` pipe in
-    /// tests), until the client closes it.
+    /// tests), until the client closes it, with the same timeouts and
+    /// per-connection bounds as [`Server::run`] gives each connection.
     ///
     /// # Errors
     ///
-    /// [`Error::Http`] when the HTTP/2 handshake or connection fails.
+    /// [`Error::Http`] when the HTTP/2 handshake or connection fails,
+    /// [`Error::Timeout`] when the handshake takes longer than
+    /// [`Config::handshake_timeout`].
     pub async fn serve_connection<IO>(io: IO, registry: Registry, config: Config) -> Result<(), Error>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (_never, stop) = watch::channel(false);
-        let shared = Shared {
-            registry,
-            config,
-            metrics: super::metrics::Metrics::new(),
-            draining: Arc::default(),
-            active: Arc::default(),
-            started: Arc::default(),
-            sent: Arc::default(),
-        };
-        serve(io, Arc::new(shared), stop).await
+        serve(io, Arc::new(Shared::new(registry, config)), stop).await
     }
 }
 
+/// Drives one connection: the handshake within its timeout, then requests
+/// (each its own task, reaped as it finishes) until the peer closes, the
+/// server shuts down, or the connection has had no request in flight for
+/// [`Config::idle_connection_timeout`].
 async fn serve<IO>(io: IO, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Result<(), Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let _open = GaugeGuard::new(&shared.metrics.active_connections);
     let c = &shared.config;
-    let mut conn = h2::server::Builder::new()
+    let handshake = h2::server::Builder::new()
         .initial_window_size(c.stream_window)
         .initial_connection_window_size(c.connection_window)
         .max_frame_size(c.frame_size())
         .max_send_buffer_size(c.max_send_buffer)
         .max_concurrent_streams(c.max_concurrent_streams)
-        .handshake::<_, EncodedFrame>(io)
-        .await?;
+        .max_header_list_size(c.max_header_list_size)
+        .handshake::<_, EncodedFrame>(io);
+    let mut conn = tokio::time::timeout(c.handshake_timeout, handshake)
+        .await
+        .map_err(|_| Error::Timeout("the HTTP/2 handshake"))??;
+    // What this connection's streams may make the server hold.
+    let budget = shared.budget.child(c.max_pinned_per_connection);
     let mut requests = JoinSet::new();
     let mut stopping = false;
+    let idle = tokio::time::sleep(c.idle_connection_timeout);
+    tokio::pin!(idle);
     loop {
         tokio::select! {
             next = conn.accept() => match next {
                 Some(Ok((req, respond))) => {
                     let shared = Arc::clone(&shared);
-                    requests.spawn(async move { handle(req, respond, &shared).await });
+                    let budget = budget.clone();
+                    shared.stats.tasks.fetch_add(1, Ordering::SeqCst);
+                    requests.spawn(async move { handle(req, respond, &shared, budget).await });
                 }
                 Some(Err(e)) => {
                     if e.is_io() || e.is_go_away() { break } else { return Err(e.into()) }
                 }
                 None => break,
             },
+            // Reaps finished requests as they finish; the idle clock starts
+            // when the last one is done.
+            Some(_) = requests.join_next(), if !requests.is_empty() => {
+                shared.stats.tasks.fetch_sub(1, Ordering::SeqCst);
+                if requests.is_empty() {
+                    idle.as_mut().reset(tokio::time::Instant::now() + c.idle_connection_timeout);
+                }
+            }
+            () = &mut idle, if requests.is_empty() => {
+                if stopping {
+                    // GOAWAY was sent one timeout ago and the peer has not
+                    // closed: close it from this side.
+                    break;
+                }
+                stopping = true;
+                conn.graceful_shutdown();
+                idle.as_mut().reset(tokio::time::Instant::now() + c.handshake_timeout);
+            }
             _ = stop.wait_for(|s| *s), if !stopping => {
                 stopping = true;
                 conn.graceful_shutdown();
             }
         }
     }
-    while requests.join_next().await.is_some() {}
+    while requests.join_next().await.is_some() {
+        shared.stats.tasks.fetch_sub(1, Ordering::SeqCst);
+    }
     Ok(())
 }
 
@@ -282,9 +459,9 @@ struct Outcome {
 /// The methods `/objects/{name}` answers; anything else is a 405.
 const ALLOW: &str = "GET, HEAD, PUT";
 
-async fn handle(req: Request<RecvStream>, mut respond: SendResponse<EncodedFrame>, shared: &Shared) {
-    let _active = ActiveGuard::new(&shared.active);
-    shared.started.fetch_add(1, Ordering::SeqCst);
+async fn handle(req: Request<RecvStream>, mut respond: SendResponse<EncodedFrame>, shared: &Shared, budget: Budget) {
+    let _active = ActiveGuard::new(&shared.stats);
+    shared.stats.started.fetch_add(1, Ordering::SeqCst);
     let _streams = GaugeGuard::new(&shared.metrics.active_streams);
     let started = std::time::Instant::now();
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
@@ -297,9 +474,9 @@ async fn handle(req: Request<RecvStream>, mut respond: SendResponse<EncodedFrame
         (&Method::GET | &Method::HEAD, "/objects" | "/objects/") => {
             listing(&mut respond, shared, method == Method::HEAD).await
         }
-        (&Method::GET, _) => get(&req, &mut respond, shared).await,
+        (&Method::GET, _) => get(&req, &mut respond, shared, budget).await,
         (&Method::HEAD, _) => head(&req, &mut respond, shared).await,
-        (&Method::PUT, _) => put(req, &mut respond, shared).await,
+        (&Method::PUT, _) => put(req, &mut respond, shared, budget).await,
         _ => {
             Err(Reply::status(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not served here; allowed: {ALLOW}"))
                 .with_body(req.into_body()))
@@ -364,7 +541,7 @@ fn small_reply(
 
 /// `GET /healthz`: 200 while serving, 503 once draining (SPEC.md §8.7).
 fn health(respond: &mut SendResponse<EncodedFrame>, shared: &Shared) -> Outcome {
-    if shared.draining.load(Ordering::SeqCst) {
+    if shared.stats.draining.load(Ordering::SeqCst) {
         small_reply(respond, StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", "draining\n".into())
     } else {
         small_reply(respond, StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into())
@@ -437,7 +614,8 @@ fn send_reply(respond: &mut SendResponse<EncodedFrame>, reply: Reply, head_only:
 }
 
 /// An error status with a message, for failures before the body starts.
-struct Reply {
+#[derive(Debug)]
+pub(crate) struct Reply {
     status: StatusCode,
     message: String,
     missing_item: Option<String>,
@@ -478,12 +656,15 @@ async fn drain(mut body: RecvStream) {
 
 impl From<Error> for Reply {
     fn from(e: Error) -> Self {
+        // SPEC.md §8.5: the status says whose fault it was.
         let status = match &e {
             Error::InvalidName { .. } => StatusCode::BAD_REQUEST,
             Error::NotFound { .. } | Error::ItemNotFound { .. } => StatusCode::NOT_FOUND,
+            Error::Decode(d) if d.is_limit() => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Tensor { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Safetensors(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Decode(_) | Error::Aborted { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let mut reply = Reply::status(status, e.to_string());
@@ -494,34 +675,96 @@ impl From<Error> for Reply {
     }
 }
 
-fn query<'a>(req: &'a Request<RecvStream>, key: &str) -> Option<&'a str> {
-    req.uri().query()?.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+/// The value of `key` in a query string (the first one).
+fn query<'a>(q: Option<&'a str>, key: &str) -> Option<&'a str> {
+    q?.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// What a pull asks for (SPEC.md §8.2), parsed from its path and query.
+#[derive(Debug)]
+pub(crate) struct PullRequest {
+    pub(crate) name: String,
+    pub(crate) chunk: usize,
+    pub(crate) items: Option<Vec<String>>,
+    pub(crate) quantize: Option<crate::wire::Scheme>,
+    pub(crate) mode: Option<String>,
+}
+
+impl PullRequest {
+    /// Parses `uri`; nothing is opened.
+    pub(crate) fn parse(uri: &http::Uri, registry: &Registry, config: &Config) -> Result<Self, Reply> {
+        let name = registry.decode_name(uri.path())?;
+        let q = uri.query();
+        let asked = match query(q, "chunk_size") {
+            Some(v) => Some(v.parse::<u32>().map_err(|_| Reply::status(StatusCode::BAD_REQUEST, "bad chunk_size"))?),
+            None => None,
+        };
+        // SPEC.md §8.2: clamped into the server's range, never refused.
+        let chunk = config.served_chunk_size(asked) as usize;
+        let items = query(q, "items").map(decode_list).transpose()?;
+        let quantize = match query(q, "quantize") {
+            Some(v) => Some(crate::wire::Scheme::parse(v).ok_or_else(|| {
+                Reply::status(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown quantization scheme {:?}", crate::wire::meta_truncate(v)),
+                )
+            })?),
+            None => None,
+        };
+        let mode = query(q, "mode").map(str::to_string);
+        Ok(PullRequest { name, chunk, items, quantize, mode })
+    }
+}
+
+/// Fuzz shim (`fuzz/fuzz_targets/request.rs`): a request line and headers
+/// through the server's parsing, which must answer a value or a 4xx, never
+/// panic, and accept only names that stay under the root and round-trip
+/// through [`object_path`](super::object_path).
+#[cfg(any(fuzzing, test))]
+pub(crate) fn fuzz_request(target: &str, headers: &[(&[u8], &[u8])]) {
+    let registry = Registry::new();
+    let config = Config::default();
+    if let Ok(name) = registry.decode_name(target.split('?').next().unwrap_or_default()) {
+        assert!(!name.is_empty() && !name.starts_with('/'), "{name:?}");
+        assert!(!name.contains('\\') && !name.contains('\0'), "{name:?}");
+        assert!(name.split('/').all(|s| !s.is_empty() && s != "." && s != ".."), "{name:?}");
+        let again = registry.decode_name(&super::object_path(&name));
+        assert_eq!(again.as_deref().ok(), Some(name.as_str()), "{name:?} does not round-trip");
+    }
+    if let Ok(uri) = target.parse::<http::Uri>() {
+        match PullRequest::parse(&uri, &registry, &config) {
+            Ok(r) => assert!((1..=config.limits.max_payload as usize).contains(&r.chunk)),
+            Err(reply) => assert!(reply.status.is_client_error(), "{}: {}", reply.status, reply.message),
+        }
+    }
+    let mut map = http::HeaderMap::new();
+    for (k, v) in headers {
+        if let (Ok(k), Ok(v)) = (http::HeaderName::from_bytes(k), http::HeaderValue::from_bytes(v)) {
+            map.append(k, v);
+        }
+    }
+    let _ = check_push_headers(&map);
+}
+
+/// SPEC.md §8.1: a pushed body must say what it is.
+fn check_push_headers(headers: &http::HeaderMap) -> Result<(), Reply> {
+    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok());
+    if content_type != Some(CONTENT_TYPE) {
+        return Err(Reply::status(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("expected {CONTENT_TYPE}")));
+    }
+    Ok(())
 }
 
 async fn get(
     req: &Request<RecvStream>,
     respond: &mut SendResponse<EncodedFrame>,
     shared: &Shared,
+    budget: Budget,
 ) -> Result<Outcome, Reply> {
-    let name = shared.registry.decode_name(req.uri().path())?;
-    let asked = match query(req, "chunk_size") {
-        Some(v) => Some(v.parse::<u32>().map_err(|_| Reply::status(StatusCode::BAD_REQUEST, "bad chunk_size"))?),
-        None => None,
-    };
-    let chunk = shared.config.served_chunk_size(asked) as usize;
-    let items = match query(req, "items") {
-        Some(list) => Some(decode_list(list)?),
-        None => None,
-    };
-    let quantize = match query(req, "quantize") {
-        Some(q) => Some(
-            crate::wire::Scheme::parse(q)
-                .ok_or_else(|| Reply::status(StatusCode::BAD_REQUEST, format!("unknown quantization scheme {q:?}")))?,
-        ),
-        None => None,
-    };
+    let PullRequest { name, chunk, items, quantize, mode } =
+        PullRequest::parse(req.uri(), &shared.registry, &shared.config)?;
     let container = shared.registry.container(&name);
-    let mode = query(req, "mode").unwrap_or(if container.is_some() { "container" } else { "file" });
+    let mode = mode.as_deref().unwrap_or(if container.is_some() { "container" } else { "file" });
     let (frames, len, count): (futures::stream::BoxStream<'static, Result<Frame, Error>>, Option<u64>, Option<u64>) =
         match (mode, container) {
             ("container", Some(model)) => {
@@ -558,7 +801,18 @@ async fn get(
     }
     let resp = resp.body(()).map_err(|e| Reply::status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let stream = respond.send_response(resp, false).map_err(Error::from)?;
-    let mut tx = FrameSender::new(stream, &shared.config).counting(Arc::clone(&shared.sent));
+    let mut tx = FrameSender::new(stream, &shared.config).counting(Arc::clone(&shared.stats.sent));
+    // Quantized frames are new buffers (others are slices of a mapping or of
+    // tensors in memory): one is produced only once the budget has room for
+    // it, and counts until it is handed to HTTP/2, so readers that do not
+    // read cannot make the server quantize without bound.
+    let frames = match quantize {
+        Some(_) => {
+            let c = &shared.config;
+            gated(frames, budget, chunk as u64 + 4096, c.max_send_buffer as u64, c.idle_timeout)
+        }
+        None => frames,
+    };
     // From here on failures reach the client as an abort frame or a reset.
     let sent = send_all(&mut tx, frames).await;
     shared.metrics.bytes_sent.inc_by(tx.sent());
@@ -569,6 +823,57 @@ async fn get(
         object_bytes: len,
         error: sent.err().map(|e| e.to_string()),
     })
+}
+
+/// `frames`, each pulled only after `estimate` bytes were taken from
+/// `budget` (waiting up to `idle` for room). A frame's share (its encoded
+/// length once known) stays taken after it was handed to HTTP/2, for as long
+/// as h2 may still be holding it: until the stream's later frames add up to
+/// `buffered` (h2's per-stream send buffer), or the stream ends.
+fn gated(frames: Frames, budget: Budget, estimate: u64, buffered: u64, idle: Duration) -> Frames {
+    struct Gate {
+        frames: Frames,
+        budget: Budget,
+        /// The frame being sent, then the ones h2 may still hold, newest last.
+        held: std::collections::VecDeque<u64>,
+    }
+    impl Drop for Gate {
+        fn drop(&mut self) {
+            self.budget.give(self.held.iter().sum());
+        }
+    }
+    let gate = Gate { frames, budget, held: std::collections::VecDeque::new() };
+    futures::stream::unfold(gate, move |mut g| async move {
+        // Older frames have left h2's buffer once newer ones fill it.
+        let (mut newer, mut keep) = (0, 0);
+        for &n in g.held.iter().rev() {
+            if newer >= buffered {
+                break;
+            }
+            newer += n;
+            keep += 1;
+        }
+        while g.held.len() > keep {
+            let n = g.held.pop_front().unwrap_or(0);
+            g.budget.give(n);
+        }
+        let deadline = tokio::time::Instant::now() + idle;
+        while !g.budget.try_take(estimate) {
+            if tokio::time::Instant::now() >= deadline {
+                return Some((Err(Error::Timeout("the server's memory budget for frames being sent")), g));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let next = g.frames.next().await;
+        let len = match &next {
+            Some(Ok(f)) => (f.encoded_len() as u64).min(estimate),
+            _ => 0,
+        };
+        g.budget.give(estimate - len);
+        g.held.push_back(len);
+        Some((next?, g))
+    })
+    .boxed()
 }
 
 type Frames = futures::stream::BoxStream<'static, Result<Frame, Error>>;
@@ -642,27 +947,26 @@ async fn put(
     req: Request<RecvStream>,
     respond: &mut SendResponse<EncodedFrame>,
     shared: &Shared,
+    budget: Budget,
 ) -> Result<Outcome, Reply> {
     let name = match shared.registry.decode_name(req.uri().path()) {
         Ok(name) => name,
         Err(e) => return Err(Reply::from(e).with_body(req.into_body())),
     };
-    // SPEC.md §8.1: a pushed body must say what it is.
-    let content_type = req.headers().get("content-type").and_then(|v| v.to_str().ok());
-    if content_type != Some(CONTENT_TYPE) {
-        let reply = Reply::status(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("a push body must be a framed object (content-type: {CONTENT_TYPE}, SPEC.md §8.3); push files with `tensorwire put FILE URL`"),
-        );
+    if let Err(reply) = check_push_headers(req.headers()) {
         return Err(reply.with_body(req.into_body()));
     }
-    let mut rx = FrameReceiver::new(req.into_body(), &shared.config);
+    let mut rx = FrameReceiver::new(req.into_body(), &shared.config).with_budget(budget);
     let received = rx.counter();
     let stored = if let Some(handler) = shared.registry.push_handler() {
         handler(name.clone(), ObjectRetriever::new(rx.into_stream())).await.map(|()| None)
     } else {
-        match shared.registry.resolve_for_write(&name) {
-            Ok(dest) => receive_file(&mut rx, &dest, None).await.map(Some),
+        // SPEC.md §8.3: each push into a file of its own, renamed into
+        // place once verified; the last verified push wins.
+        let registry = shared.registry.clone();
+        let upload = name.clone();
+        match blocking(move || registry.create_upload(&upload)).await {
+            Ok(sink) => receive_into(&mut rx, sink, None).await.map(Some),
             Err(e) => Err(e),
         }
     };

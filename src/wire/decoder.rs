@@ -75,6 +75,13 @@ impl FrameDecoder {
         FrameDecoder { limits, state: State::Preamble, seq, failed: None }
     }
 
+    /// Charges the names the decoder remembers to `budget` as well (see
+    /// [`Sequencer::with_budget`]).
+    pub fn with_budget(mut self, budget: super::Budget) -> Self {
+        self.seq = std::mem::replace(&mut self.seq, Sequencer::new(self.limits)).with_budget(budget);
+        self
+    }
+
     /// The limits in force.
     pub fn limits(&self) -> &Limits {
         &self.limits
@@ -183,7 +190,10 @@ impl FrameDecoder {
                 State::Payload(head) => {
                     let len = head.len as usize;
                     if src.bytes().len() < len {
-                        src.reserve_total(len);
+                        // Room for the payload grows with the bytes that
+                        // arrive (the buffer's own doubling), never from the
+                        // declared length: a header that claims 16 MiB and
+                        // sends one byte pins one byte.
                         return Ok(None);
                     }
                     let payload = src.split_payload(len);
@@ -342,6 +352,20 @@ mod tests {
         let mut dec = FrameDecoder::new();
         assert!(matches!(dec.decode_frame(&mut buf), Err(DecodeError::FrameTooLarge { .. })));
         assert!(buf.capacity() < 4096, "reserved {} bytes for a rejected frame", buf.capacity());
+    }
+
+    #[test]
+    fn payload_room_grows_with_the_data() {
+        // A CHUNK header declaring 16 MiB, then a single payload byte.
+        let mut head = Vec::new();
+        FrameHeader::new(FrameKind::Chunk, 0, 0, Limits::DEFAULT_MAX_PAYLOAD, 0).encode(&mut head);
+        let mut buf = BytesMut::from(&preamble()[..]);
+        buf.extend_from_slice(&head);
+        let mut dec = FrameDecoder::new();
+        assert_eq!(dec.decode_frame(&mut buf), Ok(None));
+        buf.extend_from_slice(&[0]);
+        assert_eq!(dec.decode_frame(&mut buf), Ok(None));
+        assert!(buf.capacity() < 64 << 10, "reserved {} bytes for 1 byte of payload", buf.capacity());
     }
 
     #[test]

@@ -65,7 +65,7 @@ pub enum DecodeError {
     },
     /// §3: an object-level frame that names an item, or a non-chunk frame
     /// with a non-zero offset.
-    #[error("{kind:?} frame has item {item} and offset {offset}, which its kind forbids")]
+    #[error("{kind:?} frame has {} and offset {offset}, which its kind forbids", item_label(*.item))]
     BadAddress {
         /// Frame kind.
         kind: crate::wire::FrameKind,
@@ -245,4 +245,41 @@ pub enum CodecError {
     /// Reading the bytes failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+impl DecodeError {
+    /// Whether the object broke a receiver's limit (SPEC.md §6) rather than
+    /// the format: a server answers these 413 (SPEC.md §8.5), not 422.
+    ///
+    /// ```
+    /// use tensorwire::wire::DecodeError;
+    /// assert!(DecodeError::FrameTooLarge { len: 1 << 30, max: 1 << 24 }.is_limit());
+    /// assert!(!DecodeError::BadMagic.is_limit());
+    /// ```
+    pub fn is_limit(&self) -> bool {
+        matches!(self, DecodeError::FrameTooLarge { .. } | DecodeError::LimitExceeded { .. })
+    }
+}
+
+/// `item N`, or `no item` for the object-level marker (SPEC.md §3.3).
+fn item_label(item: u32) -> String {
+    if item == super::NO_ITEM {
+        "no item".to_string()
+    } else {
+        format!("item {item}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{FrameKind, NO_ITEM};
+
+    #[test]
+    fn object_level_marker_prints_as_no_item() {
+        let e = DecodeError::BadAddress { kind: FrameKind::ItemHeader, item: NO_ITEM, offset: 0 };
+        assert_eq!(e.to_string(), "ItemHeader frame has no item and offset 0, which its kind forbids");
+        let e = DecodeError::BadAddress { kind: FrameKind::ObjectEnd, item: 3, offset: 0 };
+        assert!(e.to_string().contains("has item 3 and"), "{e}");
+    }
 }

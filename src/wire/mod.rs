@@ -22,6 +22,7 @@
 //! from a test with byte buffers alone.
 #![forbid(unsafe_code)]
 
+mod budget;
 pub mod crc;
 mod decoder;
 mod encoder;
@@ -35,6 +36,7 @@ mod sequence;
 #[cfg(test)]
 mod test_util;
 
+pub use budget::Budget;
 pub use decoder::FrameDecoder;
 pub use encoder::{EncodeError, FrameEncoder, ObjectEncoder, DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, MIN_CHUNK_BYTES};
 pub use error::{CodecError, DecodeError};

@@ -49,7 +49,13 @@ pub struct Sequencer {
     total_len: u64,
     names: HashSet<Box<str>>,
     names_total: u64,
+    budget: Option<super::Budget>,
+    charged: u64,
 }
+
+/// What one remembered name costs a [`Budget`](super::Budget) beyond its
+/// bytes: the set's entry and the string's allocation.
+const NAME_OVERHEAD: u64 = 48;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -106,7 +112,18 @@ impl Sequencer {
             total_len: 0,
             names: HashSet::new(),
             names_total: 0,
+            budget: None,
+            charged: 0,
         }
+    }
+
+    /// Charges the names this sequencer remembers to `budget` too (shared
+    /// with the other streams of a connection and server), given back when
+    /// the sequencer is dropped; a name that does not fit is refused with
+    /// [`DecodeError::LimitExceeded`].
+    pub fn with_budget(mut self, budget: super::Budget) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// Accepts chunks that skip ranges (a resumed transfer, SPEC.md §8.4).
@@ -234,6 +251,18 @@ impl Sequencer {
                 max: self.limits.max_names_total,
             });
         }
+        // SPEC.md §8.7: and so is what all streams of a connection or server hold.
+        if let Some(budget) = &self.budget {
+            let cost = h.name.len() as u64 + NAME_OVERHEAD;
+            if !budget.try_take(cost) {
+                return Err(DecodeError::LimitExceeded {
+                    what: "bytes held for this connection's and server's streams",
+                    value: budget.used().saturating_add(cost),
+                    max: budget.limit(),
+                });
+            }
+            self.charged += cost;
+        }
         self.names.insert(h.name.as_str().into());
         Ok(())
     }
@@ -338,6 +367,14 @@ impl Sequencer {
         }
         self.state = State::Done;
         Ok(SequencerEvent::ObjectDone)
+    }
+}
+
+impl Drop for Sequencer {
+    fn drop(&mut self) {
+        if let Some(budget) = &self.budget {
+            budget.give(self.charged);
+        }
     }
 }
 
@@ -582,6 +619,31 @@ mod tests {
     fn container_items_need_a_dtype() {
         let frames = replace(two_tensors(), 1, Frame::ItemHeader(ItemHeader::bytes(0, "a", 8)));
         assert!(matches!(sequence(&frames), Err(DecodeError::InconsistentItem { item: 0, .. })));
+    }
+
+    #[test]
+    fn rejects_names_beyond_a_shared_budget_and_gives_back_on_drop() {
+        let server = super::super::Budget::new(1000);
+        let frames = |name: &str| {
+            let mut enc = crate::wire::ObjectEncoder::new();
+            vec![
+                enc.object_header(crate::wire::ObjectHeader::new("m", Mode::File)).expect("h"),
+                enc.item_header(ItemHeader::bytes(0, name, 0)).expect("i"),
+            ]
+        };
+        let mut a = Sequencer::new(Limits::default()).with_budget(server.child(1000));
+        let mut b = Sequencer::new(Limits::default()).with_budget(server.child(1000));
+        for f in frames(&"a".repeat(600)) {
+            a.handle_frame(&f).expect("first stream fits");
+        }
+        let mut refused = None;
+        for f in frames(&"b".repeat(600)) {
+            refused = b.handle_frame(&f).err();
+        }
+        assert!(matches!(refused, Some(DecodeError::LimitExceeded { .. })), "{refused:?}");
+        drop(a);
+        drop(b);
+        assert_eq!(server.used(), 0);
     }
 
     #[test]
