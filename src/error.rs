@@ -44,6 +44,14 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A server URL that cannot be used.
+    #[error("{url}: {reason}")]
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// The server answered with an error status.
     #[error("server answered {status}: {message}")]
     Status {
@@ -61,6 +69,43 @@ pub enum Error {
     /// Nothing arrived within the configured time.
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
+    /// A certificate or key file could not be used (TLS configuration).
+    #[error("{}: {source}", path.display())]
+    Pem {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        source: rustls::pki_types::pem::Error,
+    },
+    /// TLS failed: a configuration rustls refuses, or a handshake the peer
+    /// or this side rejected (an unknown issuer, an expired certificate, a
+    /// name mismatch, no client certificate, a peer that does not speak TLS).
+    #[error("TLS: {0}{hint}", hint = crate::transport::tls_hint(.0))]
+    Tls(#[from] rustls::Error),
+    /// A peer certificate that could not be read for its names.
+    #[error("unreadable certificate: {reason}")]
+    Certificate {
+        /// What the X.509 parser said.
+        reason: String,
+    },
+    /// An access rule (`--allow-push` / `--allow-get`) that is malformed.
+    #[error("invalid access rule {rule:?}: {reason}")]
+    InvalidRule {
+        /// The rule as given.
+        rule: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The peer may not do this (HTTP 403, SPEC.md §8.7).
+    #[error("{peer} may not {action} {name:?}")]
+    Forbidden {
+        /// `pull` or `push`.
+        action: &'static str,
+        /// The object name.
+        name: String,
+        /// Who asked (address and verified identity, if any).
+        peer: String,
+    },
     /// The peer aborted the transfer (SPEC.md §4.6).
     #[error("aborted by peer ({code}): {message}")]
     Aborted {

@@ -93,3 +93,6 @@ pub mod transport;
 pub mod wire;
 
 pub use error::Error;
+/// The TLS library, re-exported for [`transport::Config::server_tls`] and
+/// [`transport::Config::client_tls`] users who build their own configs.
+pub use rustls;

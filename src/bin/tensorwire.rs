@@ -1,9 +1,11 @@
 //! The `tensorwire` command-line tool.
 //!
 //! ```text
-//! tensorwire serve --root DIR [--addr 127.0.0.1:7470]   serve files under DIR (and accept pushes)
-//! tensorwire get URL -o FILE                            pull an object into FILE
-//! tensorwire put FILE URL                               push FILE as an object
+//! tensorwire serve --root DIR [--addr 127.0.0.1:7470]   serve files under DIR (read-only)
+//!     [--tls-cert CERT.pem --tls-key KEY.pem [--client-ca CA.pem]]   TLS 1.3, mutual with --client-ca
+//!     [--allow-push [PATTERN[=PREFIX]]]... [--allow-get PATTERN[=PREFIX]]...
+//! tensorwire get URL -o FILE [--ca CA.pem] [--cert C.pem --key K.pem]   pull an object into FILE
+//! tensorwire put FILE URL [--ca CA.pem] [--cert C.pem --key K.pem]      push FILE as an object
 //! tensorwire inspect FILE                               summarize a safetensors file
 //! tensorwire frames OBJECT                              decode and verify a framed object body
 //! ```
@@ -19,7 +21,9 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use clap::{Parser, Subcommand};
-use tensorwire::transport::{Client, Config, Progress, Registry, Server, TransferOptions};
+use tensorwire::transport::{
+    Access, Client, ClientTls, Config, Endpoint, Progress, Registry, Server, ServerEvent, ServerTls, TransferOptions,
+};
 use tensorwire::wire::{Frame, FrameDecoder};
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +37,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the files under a directory: GET and PUT /objects/{name}.
+    /// Read-only unless --allow-push is given.
     Serve {
         /// The directory to serve; nothing outside it is ever read or written.
         #[arg(long)]
@@ -40,15 +45,19 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:7470")]
         addr: String,
-        /// Refuse pushes.
-        #[arg(long)]
+        /// Refuse pushes (the default; kept for scripts that say so).
+        #[arg(long, conflicts_with = "allow_push")]
         read_only: bool,
+        #[command(flatten)]
+        access: AccessArgs,
+        #[command(flatten)]
+        tls: ServeTls,
         #[command(flatten)]
         tuning: Tuning,
     },
     /// Pull an object into a file (written as FILE.part, renamed when verified).
     Get {
-        /// http://HOST:PORT/objects/NAME
+        /// http://HOST:PORT/objects/NAME (cleartext) or https://HOST:PORT/objects/NAME (TLS)
         url: String,
         /// The file to write.
         #[arg(short, long)]
@@ -66,14 +75,18 @@ enum Command {
         #[arg(long, value_parser = parse_scheme)]
         quantize: Option<tensorwire::quant::Scheme>,
         #[command(flatten)]
+        tls: PeerTls,
+        #[command(flatten)]
         tuning: Tuning,
     },
     /// Push a file as an object.
     Put {
         /// The file to send.
         file: PathBuf,
-        /// http://HOST:PORT/objects/NAME
+        /// http://HOST:PORT/objects/NAME (cleartext) or https://HOST:PORT/objects/NAME (TLS)
         url: String,
+        #[command(flatten)]
+        tls: PeerTls,
         #[command(flatten)]
         tuning: Tuning,
     },
@@ -141,6 +154,108 @@ enum GetMode {
     File,
     /// One tensor at a time, into a safetensors file.
     Container,
+}
+
+/// Who may push and pull (SPEC.md §8.7).
+#[derive(clap::Args)]
+struct AccessArgs {
+    /// Accept pushes. Bare: from anyone (loopback, tests). With
+    /// PATTERN[=PREFIX] (repeatable): only from clients whose certificate
+    /// CN or a SAN matches the glob PATTERN, and with PREFIX only for
+    /// object names that start with it, e.g. 'site-*=updates/'.
+    #[arg(long, value_name = "PATTERN[=PREFIX]", num_args = 0..=1, default_missing_value = "")]
+    allow_push: Vec<String>,
+    /// Serve pulls only to clients whose certificate CN or a SAN matches
+    /// PATTERN (repeatable; =PREFIX scopes it to names under PREFIX).
+    /// Without it anyone may pull.
+    #[arg(long, value_name = "PATTERN[=PREFIX]")]
+    allow_get: Vec<String>,
+    /// Most connections at once per verified client identity.
+    #[arg(long)]
+    max_connections_per_identity: Option<usize>,
+    /// Most requests at once per verified client identity, all its
+    /// connections together.
+    #[arg(long)]
+    max_streams_per_identity: Option<usize>,
+}
+
+impl AccessArgs {
+    /// `(push, get)`: bare `--allow-push` anywhere means anyone.
+    fn access(&self) -> Result<(Access, Access), BoxError> {
+        let push = if self.allow_push.is_empty() {
+            Access::Nobody
+        } else if self.allow_push.iter().any(String::is_empty) {
+            Access::Anyone
+        } else {
+            Access::only(&self.allow_push)?
+        };
+        let get = if self.allow_get.is_empty() { Access::Anyone } else { Access::only(&self.allow_get)? };
+        Ok((push, get))
+    }
+}
+
+/// The server's TLS files.
+#[derive(clap::Args)]
+struct ServeTls {
+    /// Serve TLS 1.3 with this certificate chain (PEM, leaf first).
+    #[arg(long, requires = "tls_key", value_name = "CERT.pem")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert", value_name = "KEY.pem")]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS: every client must present a certificate that chains to
+    /// a CA in this file (PEM).
+    #[arg(long, requires = "tls_cert", value_name = "CA.pem")]
+    client_ca: Option<PathBuf>,
+}
+
+impl ServeTls {
+    fn config(&self) -> Result<Option<Arc<tensorwire::rustls::ServerConfig>>, BoxError> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else { return Ok(None) };
+        let mut tls = ServerTls::from_pem_files(cert, key)?;
+        if let Some(ca) = &self.client_ca {
+            tls = tls.with_client_ca_file(ca)?;
+        }
+        Ok(Some(tls.build()?))
+    }
+}
+
+/// A client's TLS files (https:// URLs only).
+#[derive(clap::Args)]
+struct PeerTls {
+    /// Trust the CA(s) in this PEM file instead of the system roots.
+    #[arg(long, value_name = "CA.pem")]
+    ca: Option<PathBuf>,
+    /// Present this client certificate (PEM, leaf first) for mutual TLS.
+    #[arg(long, requires = "key", value_name = "CERT.pem")]
+    cert: Option<PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(long, requires = "cert", value_name = "KEY.pem")]
+    key: Option<PathBuf>,
+}
+
+impl PeerTls {
+    /// Connects to the URL's server; the TLS files need an https:// URL.
+    async fn connect(&self, url: &str, mut config: Config) -> Result<(Client, String), BoxError> {
+        let (endpoint, path) = Endpoint::parse(url)?;
+        let name = Registry::new().decode_name(&path)?;
+        let any = self.ca.is_some() || self.cert.is_some();
+        if any && !endpoint.tls {
+            return Err(format!("{url}: --ca, --cert and --key need an https:// URL").into());
+        }
+        if endpoint.tls {
+            let mut tls = ClientTls::new();
+            if let Some(ca) = &self.ca {
+                tls = tls.with_ca_file(ca)?;
+            }
+            if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+                tls = tls.with_identity_files(cert, key)?;
+            }
+            config.client_tls = Some(tls.build()?);
+        }
+        let client = Client::connect_to(&endpoint, config).await.map_err(|e| format!("{endpoint}: {e}"))?;
+        Ok((client, name))
+    }
 }
 
 /// Transfer tuning shared by the network commands.
@@ -227,11 +342,13 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> Result<(), BoxError> {
     match command {
-        Command::Serve { root, addr, read_only, tuning } => serve(root, addr, read_only, tuning.config()).await,
-        Command::Get { url, output, mode, items, quantize, tuning } => {
-            get(&url, output, mode, items, quantize, tuning).await
+        Command::Serve { root, addr, read_only: _, access, tls, tuning } => {
+            serve(root, addr, &access, &tls, tuning.config()).await
         }
-        Command::Put { file, url, tuning } => put(file, &url, tuning).await,
+        Command::Get { url, output, mode, items, quantize, tls, tuning } => {
+            get(&url, output, mode, items, quantize, &tls, tuning).await
+        }
+        Command::Put { file, url, tls, tuning } => put(file, &url, &tls, tuning).await,
         Command::Inspect { file } => inspect(file),
         Command::Bench { what: BenchWhat::Memory { shape, dir, json, verify, modes } } => {
             bench_memory(&shape, dir, json, verify, modes, false)
@@ -242,10 +359,36 @@ async fn run(command: Command) -> Result<(), BoxError> {
     }
 }
 
-async fn serve(root: PathBuf, addr: String, read_only: bool, config: Config) -> Result<(), BoxError> {
-    let registry = Registry::root(&root).map_err(|e| format!("{}: {e}", root.display()))?.accept_pushes(!read_only);
-    let server = Server::bind(&addr, registry, config).await.map_err(|e| format!("{addr}: {e}"))?;
-    eprintln!("tensorwire: serving {} on http://{}/objects/", root.display(), server.local_addr()?);
+async fn serve(
+    root: PathBuf,
+    addr: String,
+    access: &AccessArgs,
+    tls: &ServeTls,
+    mut config: Config,
+) -> Result<(), BoxError> {
+    let (push, get) = access.access()?;
+    let registry = Registry::root(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+    let registry = registry.allow_push(push.clone()).allow_get(get.clone());
+    config.server_tls = tls.config()?;
+    if let Some(n) = access.max_connections_per_identity {
+        config.max_connections_per_identity = n;
+    }
+    if let Some(n) = access.max_streams_per_identity {
+        config.max_streams_per_identity = n;
+    }
+    let scheme = if config.server_tls.is_some() { "https" } else { "http" };
+    let mutual = tls.client_ca.is_some();
+    let log = Arc::new(|event: &ServerEvent| log_line(&event.to_string()));
+    let server = Server::bind(&addr, registry, config).await.map_err(|e| format!("{addr}: {e}"))?.with_events(log);
+    eprintln!("tensorwire: serving {} on {scheme}://{}/objects/", root.display(), server.local_addr()?);
+    let mode = if mutual {
+        "mutual TLS"
+    } else if scheme == "https" {
+        "TLS, no client certificates"
+    } else {
+        "cleartext h2c"
+    };
+    log_line(&format!("{mode}; pushes from {push}; pulls by {get}"));
     let handle = server.handle();
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
@@ -256,16 +399,11 @@ async fn serve(root: PathBuf, addr: String, read_only: bool, config: Config) -> 
     Ok(())
 }
 
-/// Splits `http://host:port/objects/name` into an address and a name.
-fn parse_url(url: &str) -> Result<(String, String), BoxError> {
-    let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(format!("{url}: only http:// URLs are supported (cleartext HTTP/2)").into());
-    }
-    let authority = uri.authority().ok_or_else(|| format!("{url}: no host"))?;
-    let addr = format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(7470));
-    let name = Registry::new().decode_name(uri.path())?;
-    Ok((addr, name))
+/// One line to stderr; a closed stderr (a parent that read only the
+/// banner) must not stop the server, so errors are ignored.
+fn log_line(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "tensorwire: {line}");
 }
 
 /// Options with a progress bar (when stderr is a terminal) and Ctrl-C.
@@ -308,10 +446,10 @@ async fn get(
     mode: GetMode,
     items: Option<Vec<String>>,
     quantize: Option<tensorwire::quant::Scheme>,
+    tls: &PeerTls,
     tuning: Tuning,
 ) -> Result<(), BoxError> {
-    let (addr, name) = parse_url(url)?;
-    let client = Client::connect(&addr, tuning.config()).await.map_err(|e| format!("{addr}: {e}"))?;
+    let (client, name) = tls.connect(url, tuning.config()).await?;
     let (mut opts, bar) = options(&name);
     opts.chunk_size = tuning.chunk_size;
     opts.quantize = quantize;
@@ -341,9 +479,8 @@ async fn get(
     Ok(())
 }
 
-async fn put(file: PathBuf, url: &str, tuning: Tuning) -> Result<(), BoxError> {
-    let (addr, name) = parse_url(url)?;
-    let client = Client::connect(&addr, tuning.config()).await.map_err(|e| format!("{addr}: {e}"))?;
+async fn put(file: PathBuf, url: &str, tls: &PeerTls, tuning: Tuning) -> Result<(), BoxError> {
+    let (client, name) = tls.connect(url, tuning.config()).await?;
     let (opts, bar) = options(&name);
     let started = std::time::Instant::now();
     let result = client.put_file_with(&file, &name, &opts).await;

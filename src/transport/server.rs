@@ -13,8 +13,10 @@ use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use super::auth::{KeyedLimiter, KeyedPermit};
 use super::body::{join, receive_file, FrameReceiver, FrameSender};
-use super::{Config, Registry};
+use super::tls::{handshake_error, Cleartext};
+use super::{Config, EventFn, Identity, Peer, Registry, ServerEvent};
 use futures::StreamExt;
 
 use crate::recv::ObjectRetriever;
@@ -22,9 +24,12 @@ use crate::send::{ContainerStreamer, FileStreamer};
 use crate::wire::{Abort, AbortCode, EncodedFrame, Frame, CONTENT_TYPE};
 use crate::Error;
 
-/// An HTTP/2 server (cleartext, prior knowledge) for the objects of a
-/// [`Registry`]: `GET /objects/{name}` streams a file, `PUT /objects/{name}`
-/// receives one (SPEC.md §8.2, §8.3).
+/// An HTTP/2 server for the objects of a [`Registry`]: `GET
+/// /objects/{name}` streams a file, `PUT /objects/{name}` receives one
+/// (SPEC.md §8.2, §8.3). Cleartext with prior knowledge (h2c), or TLS 1.3
+/// with ALPN `h2` when [`Config::server_tls`] is set; with a client CA in
+/// that config the client's verified [`Identity`] is each request's
+/// [`Peer`], which the registry's access rules check (SPEC.md §8.7).
 ///
 /// Every transfer is its own HTTP/2 stream; many share a connection. A
 /// sender sends only against the capacity the client grants, so a slow
@@ -48,13 +53,52 @@ pub struct Server {
     shutdown: watch::Sender<bool>,
 }
 
-#[derive(Debug)]
 struct Shared {
     registry: Registry,
     config: Config,
     active: Arc<AtomicUsize>,
     started: Arc<AtomicU64>,
     sent: Arc<AtomicU64>,
+    events: Option<EventFn>,
+    identity_connections: KeyedLimiter,
+    identity_streams: KeyedLimiter,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("registry", &self.registry)
+            .field("config", &self.config)
+            .field("events", &self.events.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    fn new(registry: Registry, config: Config) -> Self {
+        Shared {
+            registry,
+            config,
+            active: Arc::default(),
+            started: Arc::default(),
+            sent: Arc::default(),
+            events: None,
+            identity_connections: KeyedLimiter::default(),
+            identity_streams: KeyedLimiter::default(),
+        }
+    }
+
+    fn event(&self, event: ServerEvent) {
+        if let Some(f) = &self.events {
+            f(&event);
+        }
+    }
+}
+
+/// One connection's peer, and whether its identity is over its bound.
+struct Connection {
+    peer: Peer,
+    over_limit: bool,
 }
 
 /// Stops a running [`Server`] gracefully, and reports on it.
@@ -125,14 +169,17 @@ impl Server {
     pub async fn bind(addr: impl ToSocketAddrs, registry: Registry, config: Config) -> Result<Self, Error> {
         let listener = TcpListener::bind(addr).await?;
         let (shutdown, _) = watch::channel(false);
-        let shared = Arc::new(Shared {
-            registry,
-            config,
-            active: Arc::default(),
-            started: Arc::default(),
-            sent: Arc::default(),
-        });
+        let shared = Arc::new(Shared::new(registry, config));
         Ok(Server { listener, shared, shutdown })
+    }
+
+    /// Sends the server's [`ServerEvent`]s (each request with its peer and
+    /// status; refused connections) to `events`, for a log.
+    pub fn with_events(mut self, events: EventFn) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.events = Some(events);
+        }
+        self
     }
 
     /// The bound address.
@@ -162,11 +209,11 @@ impl Server {
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => {
-                    let (tcp, _) = accepted?;
+                    let (tcp, addr) = accepted?;
                     let _ = tcp.set_nodelay(true);
                     let shared = Arc::clone(&self.shared);
                     let stop = self.shutdown.subscribe();
-                    connections.spawn(async move { serve(tcp, shared, stop).await });
+                    connections.spawn(async move { accept(tcp, addr, shared, stop).await });
                 }
                 _ = stop.wait_for(|s| *s) => break,
             }
@@ -186,12 +233,74 @@ impl Server {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (_never, stop) = watch::channel(false);
-        let shared = Shared { registry, config, active: Arc::default(), started: Arc::default(), sent: Arc::default() };
-        serve(io, Arc::new(shared), stop).await
+        let conn = Connection { peer: Peer::anonymous(None), over_limit: false };
+        serve(io, Arc::new(Shared::new(registry, config)), stop, Arc::new(conn)).await
     }
 }
 
-async fn serve<IO>(io: IO, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Result<(), Error>
+/// One accepted TCP connection: the TLS handshake when the server has TLS
+/// (the client's certificate verified there becomes the peer's identity),
+/// the identity's connection bound, then HTTP/2. A connection that fails
+/// before its first request is reported as [`ServerEvent::ConnectionFailed`].
+async fn accept(tcp: tokio::net::TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+    let result = match shared.config.server_tls.clone() {
+        Some(tls) => {
+            let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(tcp);
+            match tokio::time::timeout(shared.config.connect_timeout, handshake).await {
+                Err(_) => Err(Error::Timeout("TLS handshake")),
+                Ok(Err(e)) => Err(handshake_error(e)),
+                Ok(Ok(stream)) => match peer_of(&stream, addr) {
+                    Ok(peer) => serve_peer(stream, peer, &shared, stop).await,
+                    Err(e) => Err(e),
+                },
+            }
+        }
+        None => serve_peer(Cleartext::server(tcp), Peer::anonymous(Some(addr)), &shared, stop).await,
+    };
+    if let Err(e) = result {
+        shared.event(ServerEvent::ConnectionFailed { addr, error: e.to_string() });
+    }
+}
+
+/// The peer of a TLS connection: its verified client certificate's names.
+fn peer_of(stream: &tokio_rustls::server::TlsStream<tokio::net::TcpStream>, addr: SocketAddr) -> Result<Peer, Error> {
+    // SPEC.md §8.1: over TLS the protocol MUST be HTTP/2 (ALPN "h2"); a
+    // client that offered no ALPN at all is taken as h2 with prior knowledge.
+    let session = stream.get_ref().1;
+    if session.alpn_protocol().is_some_and(|p| p != super::ALPN_H2) {
+        return Err(Error::Protocol("TLS client negotiated a protocol other than h2"));
+    }
+    match session.peer_certificates().and_then(|chain| chain.first()) {
+        Some(leaf) => Ok(Peer::verified(Some(addr), Identity::from_der(leaf)?)),
+        None => Ok(Peer::anonymous(Some(addr))),
+    }
+}
+
+async fn serve_peer<IO>(io: IO, peer: Peer, shared: &Arc<Shared>, stop: watch::Receiver<bool>) -> Result<(), Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // SPEC.md §8.7: connections are bounded per verified identity.
+    let permit: Option<KeyedPermit> = match peer.identity() {
+        Some(id) => shared.identity_connections.try_acquire(id, shared.config.max_connections_per_identity),
+        None => None,
+    };
+    let over_limit = peer.identity().is_some() && permit.is_none();
+    if over_limit {
+        shared.event(ServerEvent::IdentityOverLimit { peer: peer.clone() });
+    }
+    let conn = Arc::new(Connection { peer, over_limit });
+    let result = serve(io, Arc::clone(shared), stop, conn).await;
+    drop(permit);
+    result
+}
+
+async fn serve<IO>(
+    io: IO,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    conn_info: Arc<Connection>,
+) -> Result<(), Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -211,7 +320,8 @@ where
             next = conn.accept() => match next {
                 Some(Ok((req, respond))) => {
                     let shared = Arc::clone(&shared);
-                    requests.spawn(async move { handle(req, respond, &shared).await });
+                    let conn_info = Arc::clone(&conn_info);
+                    requests.spawn(async move { handle(req, respond, &shared, &conn_info).await });
                 }
                 Some(Err(e)) => {
                     if e.is_io() || e.is_go_away() { break } else { return Err(e.into()) }
@@ -228,14 +338,27 @@ where
     Ok(())
 }
 
-async fn handle(req: Request<RecvStream>, mut respond: SendResponse<EncodedFrame>, shared: &Shared) {
+async fn handle(req: Request<RecvStream>, mut respond: SendResponse<EncodedFrame>, shared: &Shared, conn: &Connection) {
     let _active = ActiveGuard::new(&shared.active);
     shared.started.fetch_add(1, Ordering::SeqCst);
-    let result = match *req.method() {
-        Method::GET => get(&req, &mut respond, shared).await,
-        Method::PUT => put(req, &mut respond, shared).await,
-        _ => Err(Reply::status(StatusCode::METHOD_NOT_ALLOWED, "only GET and PUT")),
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let result = match bounded(shared, conn) {
+        Err(reply) => Err(reply),
+        Ok(_permit) => match *req.method() {
+            Method::GET => get(&req, &mut respond, shared, &conn.peer).await,
+            Method::PUT => put(req, &mut respond, shared, &conn.peer).await,
+            _ => Err(Reply::status(StatusCode::METHOD_NOT_ALLOWED, "only GET and PUT")),
+        },
     };
+    if shared.events.is_some() {
+        let name = path.strip_prefix(super::OBJECTS_PATH).unwrap_or(&path).to_string();
+        let (status, message) = match &result {
+            Ok(status) => (status.as_u16(), None),
+            Err(reply) => (reply.status.as_u16(), Some(reply.message.clone())),
+        };
+        shared.event(ServerEvent::Request { peer: conn.peer.clone(), method, name, status, message });
+    }
     if let Err(reply) = result {
         let resp = Response::builder()
             .status(reply.status)
@@ -245,6 +368,25 @@ async fn handle(req: Request<RecvStream>, mut respond: SendResponse<EncodedFrame
         if let Ok(mut stream) = respond.send_response(resp, false) {
             let _ = stream.send_data(EncodedFrame::from_bytes(Bytes::from(reply.message + "\n")), true);
         }
+    }
+}
+
+/// SPEC.md §8.7: requests are bounded per verified identity, across its
+/// connections; a connection over its identity's bound gets only `503`s.
+fn bounded(shared: &Shared, conn: &Connection) -> Result<Option<KeyedPermit>, Reply> {
+    let busy = |what: &str| {
+        Reply::status(StatusCode::SERVICE_UNAVAILABLE, format!("{}: too many {what} for this identity", conn.peer))
+    };
+    if conn.over_limit {
+        return Err(busy("connections"));
+    }
+    match conn.peer.identity() {
+        Some(id) => shared
+            .identity_streams
+            .try_acquire(id, shared.config.max_streams_per_identity)
+            .map(Some)
+            .ok_or_else(|| busy("concurrent requests")),
+        None => Ok(None),
     }
 }
 
@@ -265,6 +407,7 @@ impl From<Error> for Reply {
         let status = match &e {
             Error::InvalidName { .. } => StatusCode::BAD_REQUEST,
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
+            Error::Forbidden { .. } => StatusCode::FORBIDDEN,
             Error::Tensor { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Safetensors(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Decode(_) | Error::Aborted { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -282,8 +425,12 @@ async fn get(
     req: &Request<RecvStream>,
     respond: &mut SendResponse<EncodedFrame>,
     shared: &Shared,
-) -> Result<(), Reply> {
+    peer: &Peer,
+) -> Result<StatusCode, Reply> {
     let name = shared.registry.decode_name(req.uri().path())?;
+    // SPEC.md §8.7: a pull is checked against the pull rules before the
+    // object is looked up, so a refused peer learns nothing about it.
+    shared.registry.authorize_get(peer, &name)?;
     let chunk = match query(req, "chunk_size") {
         Some(v) => v.parse::<u32>().map_err(|_| Reply::status(StatusCode::BAD_REQUEST, "bad chunk_size"))?,
         None => shared.config.chunk_size,
@@ -341,7 +488,7 @@ async fn get(
     let mut tx = FrameSender::new(stream, &shared.config).counting(Arc::clone(&shared.sent));
     // From here on failures reach the client as an abort frame or a reset.
     let _ = send_all(&mut tx, frames).await;
-    Ok(())
+    Ok(StatusCode::OK)
 }
 
 type Frames = futures::stream::BoxStream<'static, Result<Frame, Error>>;
@@ -411,8 +558,16 @@ pub(crate) async fn send_all(
     }
 }
 
-async fn put(req: Request<RecvStream>, respond: &mut SendResponse<EncodedFrame>, shared: &Shared) -> Result<(), Reply> {
+async fn put(
+    req: Request<RecvStream>,
+    respond: &mut SendResponse<EncodedFrame>,
+    shared: &Shared,
+    peer: &Peer,
+) -> Result<StatusCode, Reply> {
     let name = shared.registry.decode_name(req.uri().path())?;
+    // SPEC.md §8.7: a push MUST be authorized before any byte of its body
+    // is read or anything is written.
+    shared.registry.authorize_push(peer, &name)?;
     // SPEC.md §8.1: a pushed body must say what it is.
     let content_type = req.headers().get("content-type").and_then(|v| v.to_str().ok());
     if content_type != Some(CONTENT_TYPE) {
@@ -420,7 +575,7 @@ async fn put(req: Request<RecvStream>, respond: &mut SendResponse<EncodedFrame>,
     }
     let mut rx = FrameReceiver::new(req.into_body(), &shared.config);
     let body = if let Some(handler) = shared.registry.push_handler() {
-        handler(name.clone(), ObjectRetriever::new(rx.into_stream())).await?;
+        handler(name.clone(), peer.clone(), ObjectRetriever::new(rx.into_stream())).await?;
         format!(r#"{{"name":{}}}"#, serde_json::Value::from(name))
     } else {
         let dest = shared.registry.resolve_for_write(&name)?;
@@ -434,5 +589,5 @@ async fn put(req: Request<RecvStream>, respond: &mut SendResponse<EncodedFrame>,
         .map_err(|e| Reply::status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let mut stream = respond.send_response(resp, false).map_err(Error::from)?;
     stream.send_data(EncodedFrame::from_bytes(Bytes::from(body)), true).map_err(Error::from)?;
-    Ok(())
+    Ok(StatusCode::CREATED)
 }
