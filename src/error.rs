@@ -17,7 +17,7 @@ pub enum Error {
     Io(#[from] std::io::Error),
     /// The HTTP/2 layer failed.
     #[error("http/2: {0}")]
-    Http(#[from] h2::Error),
+    Http(h2::Error),
     /// A tensor's bytes do not match its dtype and shape, or a container
     /// holds something this crate cannot send.
     #[error("tensor {name:?}: {reason}")]
@@ -143,6 +143,19 @@ impl Error {
             Error::Timeout(_) => true,
             Error::Status { status, .. } => *status == 503,
             _ => false,
+        }
+    }
+}
+
+/// An HTTP/2 error whose cause is a TLS alert from the peer after the
+/// handshake (in TLS 1.3 a server checks the client's certificate after the
+/// client has finished: no certificate, an untrusted or an expired one)
+/// becomes [`Error::Tls`], which says so; any other stays [`Error::Http`].
+impl From<h2::Error> for Error {
+    fn from(e: h2::Error) -> Self {
+        match e.get_io().and_then(crate::transport::tls_alert) {
+            Some(tls) => Error::Tls(tls),
+            None => Error::Http(e),
         }
     }
 }

@@ -46,7 +46,7 @@ pub use events::{EventFn, ServerEvent};
 pub use peer::{Identity, Peer};
 pub use registry::{ContainerSource, PushHandler, Registry};
 pub use server::{Server, ServerHandle};
-pub(crate) use tls::hint as tls_hint;
+pub(crate) use tls::{hint as tls_hint, tls_alert};
 pub use tls::{provider as tls_provider, ClientTls, ServerTls, ALPN_H2};
 
 use crate::wire::Limits;

@@ -245,10 +245,13 @@ impl Server {
 async fn accept(tcp: tokio::net::TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     let result = match shared.config.server_tls.clone() {
         Some(tls) => {
-            let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(tcp);
+            let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(tcp).into_fallible();
             match tokio::time::timeout(shared.config.connect_timeout, handshake).await {
                 Err(_) => Err(Error::Timeout("TLS handshake")),
-                Ok(Err(e)) => Err(handshake_error(e)),
+                Ok(Err((e, tcp))) => {
+                    linger(tcp).await;
+                    Err(handshake_error(e))
+                }
                 Ok(Ok(stream)) => match peer_of(&stream, addr) {
                     Ok(peer) => serve_peer(stream, peer, &shared, stop).await,
                     Err(e) => Err(e),
@@ -260,6 +263,28 @@ async fn accept(tcp: tokio::net::TcpStream, addr: SocketAddr, shared: Arc<Shared
     if let Err(e) = result {
         shared.event(ServerEvent::ConnectionFailed { addr, error: e.to_string() });
     }
+}
+
+/// Closes a connection whose TLS handshake failed so that the client reads
+/// the alert that says why. A TLS 1.3 client sends its first requests right
+/// behind its certificate; closing with those unread would reset the
+/// connection (RST), and the client would see "connection reset" instead
+/// of the alert. So: send FIN, then read and drop what the client still
+/// sends, for at most a second and 1 MiB.
+async fn linger(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tcp.shutdown().await;
+    let drain = async {
+        let mut buf = [0u8; 16 << 10];
+        let mut left = 1usize << 20;
+        while left > 0 {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
 }
 
 /// The peer of a TLS connection: its verified client certificate's names.

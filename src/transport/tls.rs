@@ -27,7 +27,7 @@ use std::task::{ready, Context, Poll};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{AlertDescription, ClientConfig, RootCertStore, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::Error;
@@ -241,8 +241,8 @@ fn read_roots(path: &Path) -> Result<RootCertStore, Error> {
 /// expired certificate, a name mismatch, an alert from the peer), and a
 /// hint when the peer closed or answered without speaking TLS at all.
 pub(crate) fn handshake_error(e: io::Error) -> Error {
-    if let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
-        return Error::Tls(tls.clone());
+    if let Some(tls) = tls_alert(&e) {
+        return Error::Tls(tls);
     }
     if e.kind() == io::ErrorKind::UnexpectedEof {
         return Error::Io(io::Error::new(
@@ -251,6 +251,19 @@ pub(crate) fn handshake_error(e: io::Error) -> Error {
         ));
     }
     Error::Io(e)
+}
+
+/// The TLS alert an IO error reports, if it is one. h2 keeps only the kind
+/// and the text of an IO error (so that its errors are `Clone`), which drops
+/// the `rustls::Error` inside; its text, `received fatal alert: {:?}`,
+/// names the alert, and this finds it again.
+pub(crate) fn tls_alert(e: &io::Error) -> Option<rustls::Error> {
+    if let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        return Some(tls.clone());
+    }
+    let text = e.to_string();
+    let name = text.strip_prefix("received fatal alert: ")?;
+    (0..=u8::MAX).map(AlertDescription::from).find(|d| format!("{d:?}") == name).map(rustls::Error::AlertReceived)
 }
 
 /// Appended to errors that mean "the other end does not speak TLS".
@@ -262,9 +275,16 @@ pub(crate) fn hint(e: &rustls::Error) -> String {
     match e {
         rustls::Error::InvalidMessage(_) => format!(" ({NOT_TLS_HINT})"),
         rustls::Error::NoCertificatesPresented => " (the client presented no certificate: use --cert and --key)".into(),
-        rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired) => {
-            " (the server requires a client certificate: use --cert and --key)".into()
+        rustls::Error::AlertReceived(alert) => match alert {
+            AlertDescription::CertificateRequired => {
+                " (the server requires a client certificate: use --cert and --key)"
+            }
+            AlertDescription::UnknownCA => " (the peer does not trust the CA that issued this side's certificate)",
+            AlertDescription::CertificateExpired => " (the peer says this side's certificate has expired)",
+            AlertDescription::BadCertificate => " (the peer rejected this side's certificate: wrong name or CA?)",
+            _ => "",
         }
+        .into(),
         _ => String::new(),
     }
 }
@@ -358,6 +378,16 @@ mod tests {
         let mut buf = [0u8; 14];
         wrapped.read_exact(&mut buf).await.expect("read");
         assert_eq!(&buf, b"PRI * HTTP/2.0");
+    }
+
+    #[test]
+    fn tls_alert_is_found_again_in_h2s_text() {
+        let original = rustls::Error::AlertReceived(AlertDescription::CertificateExpired);
+        // What h2 hands back: the kind and the text, not the error.
+        let flattened = io::Error::new(io::ErrorKind::InvalidData, original.to_string());
+        assert_eq!(tls_alert(&flattened), Some(original));
+        assert_eq!(tls_alert(&io::Error::other("received fatal alert: NoSuchAlert")), None);
+        assert_eq!(tls_alert(&io::Error::other("connection reset")), None);
     }
 
     #[test]
