@@ -44,10 +44,12 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// the CA that client certificates must chain to (mutual TLS).
 ///
 /// ```no_run
-/// use tensorwire::transport::{Config, ServerTls};
-/// # fn run() -> Result<(), tensorwire::Error> {
+/// use tensorwire::transport::{Config, Registry, Server, ServerTls};
+/// # async fn run() -> Result<(), tensorwire::Error> {
 /// let tls = ServerTls::from_pem_files("server.pem", "server.key")?.with_client_ca_file("ca.pem")?;
 /// let config = Config { server_tls: Some(tls.build()?), ..Config::default() };
+/// let server = Server::bind("0.0.0.0:7470", Registry::root("/srv/fl")?, config).await?;
+/// # drop(server);
 /// # Ok(())
 /// # }
 /// # fn main() { let _ = run(); }
@@ -127,10 +129,12 @@ impl ServerTls {
 /// certificate of its own to present (mutual TLS).
 ///
 /// ```no_run
-/// use tensorwire::transport::{ClientTls, Config};
-/// # fn run() -> Result<(), tensorwire::Error> {
+/// use tensorwire::transport::{Client, ClientTls, Config};
+/// # async fn run() -> Result<(), tensorwire::Error> {
 /// let tls = ClientTls::new().with_ca_file("ca.pem")?.with_identity_files("site-1.pem", "site-1.key")?;
 /// let config = Config { client_tls: Some(tls.build()?), ..Config::default() };
+/// let client = Client::connect_tls("aggregator.example.org:7470", "aggregator.example.org", config).await?;
+/// # drop(client);
 /// # Ok(())
 /// # }
 /// # fn main() { let _ = run(); }
@@ -274,7 +278,9 @@ pub(crate) const NOT_TLS_HINT: &str =
 pub(crate) fn hint(e: &rustls::Error) -> String {
     match e {
         rustls::Error::InvalidMessage(_) => format!(" ({NOT_TLS_HINT})"),
-        rustls::Error::NoCertificatesPresented => " (the client presented no certificate: use --cert and --key)".into(),
+        rustls::Error::NoCertificatesPresented => {
+            " (the client presented no certificate; a client passes one with --cert and --key)".into()
+        }
         rustls::Error::AlertReceived(alert) => match alert {
             AlertDescription::CertificateRequired => {
                 " (the server requires a client certificate: use --cert and --key)"
