@@ -12,9 +12,12 @@
 //! config built here: the path for users who bring their own). Both TLS
 //! modes use mutual TLS with certificates made by rcgen, ECDSA P-256, and
 //! the cipher suite rustls picks first (AES-256-GCM where the CPU has AES
-//! instructions). It prints medians and the TLS/h2c ratios, and the median
-//! time from `connect` to a client ready to send (TCP + TLS 1.3 with client
-//! certificate + HTTP/2 preface), and to the first response.
+//! instructions). It prints medians and the TLS/h2c ratios of the wall-clock
+//! rate and of the CPU time both processes spent (user + system, from
+//! `/proc/self/stat`; on a machine shared with other work the CPU time is
+//! the steadier of the two), and the median time from `connect` to a client
+//! ready to send (TCP + TLS 1.3 with client certificate + HTTP/2 preface),
+//! and to the first response.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -59,28 +62,39 @@ fn orchestrate(args: &[String]) -> Result<(), BoxError> {
     let out = dir.join("out.bin");
     eprintln!("{gib:.2} GiB in {}, {runs} runs, modes interleaved; load before: {}", dir.display(), loadavg());
     let mut secs: Vec<Vec<f64>> = vec![Vec::new(); MODES.len()];
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); MODES.len()];
+    let gib_moved = len as f64 / (1u64 << 30) as f64;
     for run in 0..runs {
         for (i, mode) in MODES.iter().enumerate() {
             let _ = std::fs::remove_file(&out);
-            let s = run_pair(mode, &dir, &["get", &out.display().to_string()], len)?;
-            eprintln!("run {run} {mode:<14} {:>6.2} GB/s", len as f64 / s / 1e9);
+            let (s, c) = run_pair(mode, &dir, &["get", &out.display().to_string()], len)?;
+            eprintln!("run {run} {mode:<14} {:>6.2} GB/s  {:>5.2} CPU s/GiB", len as f64 / s / 1e9, c / gib_moved);
             secs[i].push(s);
+            cpu[i].push(c / gib_moved);
         }
     }
-    println!("\n| mode | GB/s median | GB/s min..max | vs h2c |");
-    println!("|---|---:|---:|---:|");
+    println!(
+        "\n| mode | GB/s median | GB/s min..max | rate vs h2c | CPU s/GiB, both ends (median) | h2c CPU / this CPU |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
     let rates: Vec<f64> = secs.iter().map(|s| len as f64 / median(s) / 1e9).collect();
-    for ((mode, s), rate) in MODES.iter().zip(&secs).zip(&rates) {
-        let lo = len as f64 / s.iter().cloned().fold(0.0, f64::max) / 1e9;
-        let hi = len as f64 / s.iter().cloned().fold(f64::MAX, f64::min) / 1e9;
-        println!("| {mode} | {rate:.2} | {lo:.2}..{hi:.2} | {:.2}x |", rate / rates[0]);
+    let cpus: Vec<f64> = cpu.iter().map(|c| median(c)).collect();
+    for (i, mode) in MODES.iter().enumerate() {
+        let lo = len as f64 / secs[i].iter().cloned().fold(0.0, f64::max) / 1e9;
+        let hi = len as f64 / secs[i].iter().cloned().fold(f64::MAX, f64::min) / 1e9;
+        println!(
+            "| {mode} | {:.2} | {lo:.2}..{hi:.2} | {:.2}x | {:.2} | {:.2}x |",
+            rates[i],
+            rates[i] / rates[0],
+            cpus[i],
+            cpus[0] / cpus[i]
+        );
     }
 
     println!("\n| mode | connect → ready (ms, median) | connect → first response (ms, median) |");
     println!("|---|---:|---:|");
     for mode in MODES {
-        let report = run_pair(mode, &dir, &["handshakes", &handshakes.to_string()], 0).map(|_| ());
-        report?;
+        run_pair(mode, &dir, &["handshakes", &handshakes.to_string()], 0)?;
         let text = std::fs::read_to_string(dir.join("handshakes.txt"))?;
         let field = |k: &str| text.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap_or("?").to_string();
         println!("| {mode} | {} | {} |", field("ready_ms="), field("first_ms="));
@@ -153,8 +167,8 @@ fn make_file(path: &Path, len: u64) -> Result<(), BoxError> {
 }
 
 /// Starts the server child for `mode`, runs the client child with `what`,
-/// and returns the client's transfer time.
-fn run_pair(mode: &str, dir: &Path, what: &[&str], len: u64) -> Result<f64, BoxError> {
+/// and returns the client's transfer time and the CPU seconds of both.
+fn run_pair(mode: &str, dir: &Path, what: &[&str], len: u64) -> Result<(f64, f64), BoxError> {
     let exe = std::env::current_exe()?;
     let once = if what[0] == "get" { "once" } else { "many" };
     let mut server = Command::new(&exe).args(["child", "serve", mode, once]).arg(dir).stdout(Stdio::piped()).spawn()?;
@@ -172,13 +186,26 @@ fn run_pair(mode: &str, dir: &Path, what: &[&str], len: u64) -> Result<f64, BoxE
         let _ = server.wait();
         return Err(format!("{mode} client failed: {}", String::from_utf8_lossy(&client.stderr)).into());
     }
+    let mut server_report = String::new();
+    std::io::Read::read_to_string(&mut server_stdout, &mut server_report)?;
     server.wait()?;
     let report = String::from_utf8_lossy(&client.stdout).to_string();
-    let field = |k: &str| report.split_whitespace().find_map(|w| w.strip_prefix(k)).and_then(|v| v.parse::<f64>().ok());
-    if what[0] == "get" && field("bytes=").map(|b| b as u64) != Some(len) {
-        return Err(format!("{mode}: moved {:?} bytes, expected {len}", field("bytes=")).into());
+    let field =
+        |r: &str, k: &str| r.split_whitespace().find_map(|w| w.strip_prefix(k)).and_then(|v| v.parse::<f64>().ok());
+    if what[0] == "get" && field(&report, "bytes=").map(|b| b as u64) != Some(len) {
+        return Err(format!("{mode}: moved {:?} bytes, expected {len}", field(&report, "bytes=")).into());
     }
-    Ok(field("secs=").unwrap_or(f64::NAN))
+    let cpu = field(&report, "cpu=").unwrap_or(f64::NAN) + field(&server_report, "cpu=").unwrap_or(f64::NAN);
+    Ok((field(&report, "secs=").unwrap_or(f64::NAN), cpu))
+}
+
+/// User + system CPU seconds of this process, all threads (/proc/self/stat
+/// fields 14 and 15, in clock ticks of 1/100 s on Linux).
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest.to_string()).unwrap_or_default();
+    let f: Vec<f64> = after.split_whitespace().skip(11).take(2).filter_map(|v| v.parse().ok()).collect();
+    f.iter().sum::<f64>() / 100.0
 }
 
 /// The ring provider's configs, built with rustls directly: what a user with
@@ -240,6 +267,7 @@ fn child(args: &[String]) -> Result<(), BoxError> {
             println!("{}", server.local_addr()?);
             if get(2)? == "once" {
                 tensorwire::harness::serve_one_transfer(server).await?;
+                println!("cpu={}", cpu_secs());
             } else {
                 server.run().await?;
             }
@@ -259,7 +287,7 @@ fn child(args: &[String]) -> Result<(), BoxError> {
                 let client = connect(config).await?;
                 let started = Instant::now();
                 let got = client.get_file("source", get(5)?).await?;
-                println!("secs={} bytes={}", started.elapsed().as_secs_f64(), got.len);
+                println!("secs={} bytes={} cpu={}", started.elapsed().as_secs_f64(), got.len, cpu_secs());
             }
             _ => {
                 let n: usize = get(5)?.parse()?;

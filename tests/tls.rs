@@ -318,10 +318,14 @@ async fn streams_are_bounded_per_identity_across_connections() {
     let release = Arc::new(tokio::sync::Notify::new());
     let entered = Arc::new(tokio::sync::Notify::new());
     let (r, e) = (Arc::clone(&release), Arc::clone(&entered));
-    // The handler holds its push open until released.
-    let handler: PushHandler = Arc::new(move |_, _, _| {
+    // The handler takes the whole update, then holds its push open until released.
+    let handler: PushHandler = Arc::new(move |_, _, mut tensors| {
         let (r, e) = (Arc::clone(&r), Arc::clone(&e));
         async move {
+            use futures::StreamExt;
+            while let Some(t) = tensors.next().await {
+                t?;
+            }
             e.notify_one();
             r.notified().await;
             Ok(())

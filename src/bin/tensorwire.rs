@@ -389,6 +389,12 @@ async fn serve(
         "cleartext h2c"
     };
     log_line(&format!("{mode}; pushes from {push}; pulls by {get}"));
+    let rules = matches!(push, Access::Only(_)) || matches!(get, Access::Only(_));
+    if rules && !mutual {
+        log_line(
+            "warning: PATTERN rules match client certificates, which only --client-ca asks for: they allow nobody",
+        );
+    }
     let handle = server.handle();
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
