@@ -257,6 +257,15 @@ async fn refuses_a_server_with_the_wrong_name() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_server_whose_certificate_the_client_does_not_trust() {
+    let pki = Pki::new("tls-servca");
+    let id = pki.client("site-1", &[]);
+    let (client, server) = refused(&pki, client_config(&pki.other_ca, Some(&id)), "127.0.0.1").await;
+    assert!(client.contains("invalid peer certificate: UnknownIssuer"), "{client}");
+    assert!(server.contains("UnknownCA") && server.contains("does not trust the CA"), "{server}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuses_a_cleartext_client_on_the_tls_port() {
     let pki = Pki::new("tls-h2c");
     let root = root_with(&[("m.bin", 1000)]);

@@ -142,15 +142,23 @@ impl fmt::Display for Access {
 }
 
 /// At most `max` holders at once per key: the per-identity bound on
-/// connections and on streams. Cheap to clone; clones share the counts.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct KeyedLimiter {
-    counts: Arc<Mutex<HashMap<Identity, usize>>>,
+/// connections and on streams (keyed by [`Identity`]; a per-address bound
+/// is the same with an `IpAddr` key). Cheap to clone; clones share the
+/// counts.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyedLimiter<K = Identity> {
+    counts: Arc<Mutex<HashMap<K, usize>>>,
 }
 
-impl KeyedLimiter {
+impl<K> Default for KeyedLimiter<K> {
+    fn default() -> Self {
+        KeyedLimiter { counts: Arc::default() }
+    }
+}
+
+impl<K: Eq + std::hash::Hash + Clone> KeyedLimiter<K> {
     /// A permit for `key`, or `None` when `max` are already held.
-    pub(crate) fn try_acquire(&self, key: &Identity, max: usize) -> Option<KeyedPermit> {
+    pub(crate) fn try_acquire(&self, key: &K, max: usize) -> Option<KeyedPermit<K>> {
         // A poisoned lock only means another holder panicked mid-update of
         // a plain counter; the map is still usable.
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
@@ -163,14 +171,14 @@ impl KeyedLimiter {
     }
 }
 
-/// Held while a connection or stream counts against its identity.
+/// Held while a connection or stream counts against its key.
 #[derive(Debug)]
-pub(crate) struct KeyedPermit {
-    counts: Arc<Mutex<HashMap<Identity, usize>>>,
-    key: Identity,
+pub(crate) struct KeyedPermit<K: Eq + std::hash::Hash = Identity> {
+    counts: Arc<Mutex<HashMap<K, usize>>>,
+    key: K,
 }
 
-impl Drop for KeyedPermit {
+impl<K: Eq + std::hash::Hash> Drop for KeyedPermit<K> {
     fn drop(&mut self) {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = counts.get_mut(&self.key) {
@@ -229,7 +237,7 @@ mod tests {
 
     #[test]
     fn limiter_counts_per_identity_and_releases() {
-        let limiter = KeyedLimiter::default();
+        let limiter: KeyedLimiter = KeyedLimiter::default();
         let a = Identity::new(Some("a".into()), vec![]);
         let b = Identity::new(Some("b".into()), vec![]);
         let first = limiter.try_acquire(&a, 2).expect("1st");
