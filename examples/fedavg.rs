@@ -62,7 +62,7 @@ async fn controller(shape: LlamaShape, clients: usize, rounds: usize) -> Result<
 
     let served = Arc::clone(&global);
     let (updates_tx, mut updates) = mpsc::channel::<Update>(clients);
-    let handler: PushHandler = Arc::new(move |_name, tensors| {
+    let handler: PushHandler = Arc::new(move |_name, _peer, tensors| {
         let updates_tx = updates_tx.clone();
         async move {
             let (done_tx, done) = oneshot::channel();
@@ -76,7 +76,9 @@ async fn controller(shape: LlamaShape, clients: usize, rounds: usize) -> Result<
             "global",
             Arc::new(move || Arc::new(served.lock().map(|m| m.clone()).unwrap_or_default())),
         )
-        .with_push_handler(handler);
+        .with_push_handler(handler)
+        // Loopback only: every client may push its update.
+        .accept_pushes(true);
     let server = Server::bind("127.0.0.1:0", registry, Config::default()).await?;
     let addr = server.local_addr()?;
     let handle = server.handle();

@@ -17,7 +17,7 @@ pub enum Error {
     Io(#[from] std::io::Error),
     /// The HTTP/2 layer failed.
     #[error("http/2: {0}")]
-    Http(#[from] h2::Error),
+    Http(h2::Error),
     /// A tensor's bytes do not match its dtype and shape, or a container
     /// holds something this crate cannot send.
     #[error("tensor {name:?}: {reason}")]
@@ -53,6 +53,14 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A server URL that cannot be used.
+    #[error("{url}: {reason}")]
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// The server answered with an error status.
     #[error("server answered {status}: {message}")]
     Status {
@@ -70,6 +78,43 @@ pub enum Error {
     /// Nothing arrived within the configured time.
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
+    /// A certificate or key file could not be used (TLS configuration).
+    #[error("{}: {source}", path.display())]
+    Pem {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        source: rustls::pki_types::pem::Error,
+    },
+    /// TLS failed: a configuration rustls refuses, or a handshake the peer
+    /// or this side rejected (an unknown issuer, an expired certificate, a
+    /// name mismatch, no client certificate, a peer that does not speak TLS).
+    #[error("TLS: {0}{hint}", hint = tls_hint(.0))]
+    Tls(#[from] rustls::Error),
+    /// A peer certificate that could not be read for its names.
+    #[error("unreadable certificate: {reason}")]
+    Certificate {
+        /// What the X.509 parser said.
+        reason: String,
+    },
+    /// An access rule (`--allow-push` / `--allow-get`) that is malformed.
+    #[error("invalid access rule {rule:?}: {reason}")]
+    InvalidRule {
+        /// The rule as given.
+        rule: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The peer may not do this (HTTP 403, SPEC.md §8.7).
+    #[error("{peer} may not {action} {name:?}")]
+    Forbidden {
+        /// `pull` or `push`.
+        action: &'static str,
+        /// The object name.
+        name: String,
+        /// Who asked (address and verified identity, if any).
+        peer: String,
+    },
     /// The peer aborted the transfer (SPEC.md §4.6).
     #[error("aborted by peer ({code}): {message}")]
     Aborted {
@@ -120,6 +165,19 @@ impl Error {
     }
 }
 
+/// An HTTP/2 error whose cause is a TLS alert from the peer after the
+/// handshake (in TLS 1.3 a server checks the client's certificate after the
+/// client has finished: no certificate, an untrusted or an expired one)
+/// becomes [`Error::Tls`], which says so; any other stays [`Error::Http`].
+impl From<h2::Error> for Error {
+    fn from(e: h2::Error) -> Self {
+        match e.get_io().and_then(tls_alert) {
+            Some(tls) => Error::Tls(tls),
+            None => Error::Http(e),
+        }
+    }
+}
+
 impl From<Error> for std::io::Error {
     fn from(e: Error) -> Self {
         use std::io::ErrorKind;
@@ -131,5 +189,50 @@ impl From<Error> for std::io::Error {
             Error::Timeout(_) => std::io::Error::new(ErrorKind::TimedOut, e),
             other => std::io::Error::other(other),
         }
+    }
+}
+
+/// The TLS alert an IO error reports, if it is one. h2 keeps only the kind
+/// and the text of an IO error (so that its errors are `Clone`), which drops
+/// the `rustls::Error` inside; its text, `received fatal alert: {:?}`,
+/// names the alert, and this finds it again.
+pub(crate) fn tls_alert(e: &std::io::Error) -> Option<rustls::Error> {
+    if let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        return Some(tls.clone());
+    }
+    let text = e.to_string();
+    let name = text.strip_prefix("received fatal alert: ")?;
+    (0..=u8::MAX)
+        .map(rustls::AlertDescription::from)
+        .find(|d| format!("{d:?}") == name)
+        .map(rustls::Error::AlertReceived)
+}
+
+/// Appended to errors that mean "the other end does not speak TLS".
+pub(crate) const NOT_TLS_HINT: &str =
+    "does the peer speak TLS? a cleartext HTTP/2 port is http://, a TLS one https:// with --tls-cert on the server";
+
+/// What the [`Error::Tls`] message adds to rustls's own.
+pub(crate) fn tls_hint(e: &rustls::Error) -> String {
+    match e {
+        rustls::Error::InvalidMessage(_) => format!(" ({NOT_TLS_HINT})"),
+        rustls::Error::NoCertificatesPresented => {
+            " (the client presented no certificate; a client passes one with --cert and --key)".into()
+        }
+        rustls::Error::AlertReceived(alert) => match alert {
+            rustls::AlertDescription::CertificateRequired => {
+                " (the server requires a client certificate: use --cert and --key)"
+            }
+            rustls::AlertDescription::UnknownCA => {
+                " (the peer does not trust the CA that issued this side's certificate)"
+            }
+            rustls::AlertDescription::CertificateExpired => " (the peer says this side's certificate has expired)",
+            rustls::AlertDescription::BadCertificate => {
+                " (the peer rejected this side's certificate: wrong name or CA?)"
+            }
+            _ => "",
+        }
+        .into(),
+        _ => String::new(),
     }
 }

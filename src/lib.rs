@@ -28,7 +28,10 @@
 //! * [`models`] — reference model shapes (Llama-3.2-1B) and synthetic
 //!   weights for examples and benchmarks.
 //! * [`transport`] — HTTP/2 ([`transport::Server`], [`transport::Client`]):
-//!   the only module that touches sockets.
+//!   the only module that touches sockets; cleartext h2c or TLS 1.3 with
+//!   mutual TLS ([`transport::ServerTls`], [`transport::ClientTls`]), the
+//!   verified [`transport::Peer`] of each request and [`transport::Access`]
+//!   rules for who may pull and push what.
 //! * [`Error`] — the public error, grouped by origin, with
 //!   [`Error::is_retryable`].
 //!
@@ -93,3 +96,6 @@ pub mod transport;
 pub mod wire;
 
 pub use error::Error;
+/// The TLS library, re-exported for [`transport::Config::server_tls`] and
+/// [`transport::Config::client_tls`] users who build their own configs.
+pub use rustls;

@@ -72,7 +72,7 @@ fn serve_get_put_inspect() {
 
     let bin = env!("CARGO_BIN_EXE_tensorwire");
     let mut server = Command::new(bin)
-        .args(["serve", "--addr", "127.0.0.1:0", "--root"])
+        .args(["serve", "--addr", "127.0.0.1:0", "--allow-push", "--root"])
         .arg(dir.join("srv"))
         .stderr(std::process::Stdio::piped())
         .spawn()

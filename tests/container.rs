@@ -126,7 +126,7 @@ async fn tiny_chunk_requests_are_clamped_and_declared_truthfully() {
 async fn put_container_reports_what_was_pushed() {
     use tensorwire::send::ContainerStreamer;
     let model = Arc::new(every_dtype());
-    let registry = Registry::new().with_push_handler(Arc::new(|_name, retriever| {
+    let registry = Registry::new().accept_pushes(true).with_push_handler(Arc::new(|_name, _peer, retriever| {
         Box::pin(async move { retriever.collect_map().await.map(drop) })
     }));
     let client = duplex(registry, small_config()).await;
@@ -202,7 +202,7 @@ async fn lazy_stream_without_index_is_written_as_safetensors() {
 async fn push_reaches_the_controller_as_a_stream() {
     let received: Arc<Mutex<Vec<(String, Tensor)>>> = Arc::default();
     let sink = Arc::clone(&received);
-    let handler: PushHandler = Arc::new(move |name, mut tensors| {
+    let handler: PushHandler = Arc::new(move |name, _peer, mut tensors| {
         let sink = Arc::clone(&sink);
         async move {
             while let Some(t) = tensors.next().await {
@@ -212,7 +212,7 @@ async fn push_reaches_the_controller_as_a_stream() {
         }
         .boxed()
     });
-    let client = duplex(Registry::new().with_push_handler(handler), small_config()).await;
+    let client = duplex(Registry::new().with_push_handler(handler).accept_pushes(true), small_config()).await;
     let model = every_dtype();
     let stream = futures::stream::iter(model.values().cloned().map(Ok).collect::<Vec<_>>());
     client
@@ -226,8 +226,8 @@ async fn push_reaches_the_controller_as_a_stream() {
 
 #[tokio::test]
 async fn handler_failure_fails_the_push() {
-    let handler: PushHandler = Arc::new(|_, _| async { Err(Error::Protocol("controller refuses")) }.boxed());
-    let client = duplex(Registry::new().with_push_handler(handler), small_config()).await;
+    let handler: PushHandler = Arc::new(|_, _, _| async { Err(Error::Protocol("controller refuses")) }.boxed());
+    let client = duplex(Registry::new().with_push_handler(handler).accept_pushes(true), small_config()).await;
     let stream = futures::stream::iter(vec![Ok(tensor("x", Dtype::F32, vec![2], 1))]);
     let err = client.put_container(ContainerStreamer::from_tensors("u", stream), &TransferOptions::default()).await;
     assert!(matches!(err, Err(Error::Status { status: 500, .. })), "{err:?}");

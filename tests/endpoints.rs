@@ -45,7 +45,8 @@ async fn operator_endpoints_answer_curl() {
     std::fs::create_dir_all(src.join("sub")).expect("mkdir");
     std::fs::write(src.join("sub/model.safetensors"), model()).expect("write");
     std::fs::write(src.join("sub/.hidden"), b"x").expect("write");
-    let server = TestServer::start(Registry::root(src.path()).expect("root"), Config::default()).await;
+    let registry = Registry::root(src.path()).expect("root").accept_pushes(true);
+    let server = TestServer::start(registry, Config::default()).await;
     let base = format!("http://{}", server.addr);
 
     // One transfer, so the metrics have something to count.

@@ -127,7 +127,7 @@ async fn declared_huge_tensor_does_not_abort_a_push_handler() {
     use tensorwire::transport::{Config, Registry};
     use tensorwire::wire::{Dtype, ItemHeader, Mode, ObjectEncoder, ObjectHeader};
 
-    let handler: tensorwire::transport::PushHandler = Arc::new(|_name, mut retriever| {
+    let handler: tensorwire::transport::PushHandler = Arc::new(|_name, _peer, mut retriever| {
         Box::pin(async move {
             while let Some(t) = retriever.next().await {
                 t?;
@@ -135,7 +135,9 @@ async fn declared_huge_tensor_does_not_abort_a_push_handler() {
             Ok(())
         })
     });
-    let server = common::TestServer::start(Registry::new().with_push_handler(handler), Config::default()).await;
+    let server =
+        common::TestServer::start(Registry::new().accept_pushes(true).with_push_handler(handler), Config::default())
+            .await;
     let mut conn = h2_connect(server.addr, 1 << 20).await;
     let (resp, mut body) = start_put(&mut conn, "update").await;
     let mut enc = ObjectEncoder::new();
@@ -375,7 +377,11 @@ async fn finished_requests_are_reaped() {
 async fn finished_connections_are_reaped() {
     use tensorwire::transport::{Config, Registry};
     let (dir, _) = root("f9b");
-    let server = common::TestServer::start(Registry::root(dir.join("srv")).expect("root"), Config::default()).await;
+    let server = common::TestServer::start(
+        Registry::root(dir.join("srv")).expect("root").accept_pushes(true),
+        Config::default(),
+    )
+    .await;
     let conn = h2_connect(server.addr, 1 << 16).await;
     for _ in 0..300 {
         let mut c = h2_connect(server.addr, 1 << 16).await;
@@ -618,7 +624,8 @@ async fn connections_beyond_the_limits_are_closed_at_once() {
     use tensorwire::transport::{Config, Registry};
     let (dir, data) = root("limits");
     let config = Config { max_connections_per_peer: 3, max_connections: 5, ..Config::default() };
-    let server = common::TestServer::start(Registry::root(dir.join("srv")).expect("root"), config).await;
+    let server =
+        common::TestServer::start(Registry::root(dir.join("srv")).expect("root").accept_pushes(true), config).await;
     let held: Vec<_> = futures::future::join_all((0..3).map(|_| h2_connect(server.addr, 1 << 16))).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     while server.handle.connections() < 3 && Instant::now() < deadline {

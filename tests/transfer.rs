@@ -94,7 +94,7 @@ async fn push_round_trips_and_validates() {
     std::fs::create_dir_all(remote.join("in")).expect("mkdir");
     let data = bytes(1_234_567, 5);
     let path = local.file("up.bin", &data);
-    let client = duplex(Registry::root(remote.path()).expect("root"), small_config()).await;
+    let client = duplex(Registry::root(remote.path()).expect("root").accept_pushes(true), small_config()).await;
     let got = client.put_file(&path, "in/up.bin").await.expect("put");
     assert_eq!(got.len, data.len() as u64);
     assert_eq!(got.crc, crc32fast::hash(&data));
@@ -228,4 +228,21 @@ async fn graceful_shutdown_lets_transfers_in_flight_finish() {
     assert_eq!(got.len, data.len() as u64);
     assert_eq!(std::fs::read(dst.join("big.bin")).expect("read"), data);
     server.stop().await;
+}
+
+/// SPEC.md §8.7: a root registry is read-only until pushes are allowed; the
+/// refusal is a 403 sent before any byte is written.
+#[tokio::test]
+async fn push_to_a_read_only_root_is_forbidden_before_anything_is_written() {
+    let local = TempDir::new("ro-local");
+    let remote = TempDir::new("ro-remote");
+    let path = local.file("up.bin", &bytes(300_000, 9));
+    let client = duplex(Registry::root(remote.path()).expect("root"), small_config()).await;
+    let err = client.put_file(&path, "up.bin").await.expect_err("read-only");
+    match &err {
+        Error::Status { status: 403, message } => assert!(message.contains("may not push"), "{message}"),
+        other => panic!("expected a 403, got {other}"),
+    }
+    assert!(!remote.join("up.bin").exists());
+    assert!(!remote.join("up.bin.part").exists());
 }

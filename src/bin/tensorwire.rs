@@ -1,10 +1,12 @@
 //! The `tensorwire` command-line tool.
 //!
 //! ```text
-//! tensorwire serve --root DIR [--addr 127.0.0.1:7470]   serve files under DIR (and accept pushes);
-//!                  [--max-connections N ...]            bounds on what peers may hold (README "Security")
-//! tensorwire get URL -o FILE                            pull an object into FILE
-//! tensorwire put FILE URL                               push FILE as an object
+//! tensorwire serve --root DIR [--addr 127.0.0.1:7470]   serve files under DIR (read-only unless --allow-push)
+//!     [--tls-cert CERT.pem --tls-key KEY.pem [--client-ca CA.pem]]   TLS 1.3, mutual with --client-ca
+//!     [--allow-push [PATTERN[=PREFIX]]]... [--allow-get PATTERN[=PREFIX]]...
+//!     [--max-connections N ...]                         bounds on what peers may hold (README "Security")
+//! tensorwire get URL -o FILE [--ca CA.pem] [--cert C.pem --key K.pem]   pull an object into FILE
+//! tensorwire put FILE URL [--ca CA.pem] [--cert C.pem --key K.pem]      push FILE as an object
 //! tensorwire inspect FILE                               summarize a safetensors file
 //! tensorwire frames OBJECT                              decode and verify a framed object body
 //! ```
@@ -23,7 +25,9 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use clap::{Parser, Subcommand};
 use tensorwire::recv::{Assembler, Event, FileSink};
-use tensorwire::transport::{Client, Config, Progress, Registry, Server, TransferOptions};
+use tensorwire::transport::{
+    Access, Client, ClientTls, Config, Progress, Registry, Server, ServerEvent, ServerTls, TransferOptions,
+};
 use tensorwire::wire::{Frame, FrameDecoder, Mode};
 use tensorwire::Error;
 use tokio_util::sync::CancellationToken;
@@ -71,7 +75,11 @@ fn init_logs(level: Option<&str>, format: LogFormat) {
         None => EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new("info")),
     }
     .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a terminal: a log file or a pipe gets plain text.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -81,6 +89,7 @@ fn init_logs(level: Option<&str>, format: LogFormat) {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the files under a directory: GET and PUT /objects/{name}.
+    /// Read-only unless --allow-push is given.
     Serve {
         /// The directory to serve; nothing outside it is ever read or written.
         #[arg(long)]
@@ -88,8 +97,8 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:7470")]
         addr: String,
-        /// Refuse pushes.
-        #[arg(long)]
+        /// Refuse pushes (the default; kept for scripts that say so).
+        #[arg(long, conflicts_with = "allow_push")]
         read_only: bool,
         /// On SIGTERM or the first Ctrl-C the server stops accepting new
         /// transfers and lets those in flight finish for at most this many
@@ -97,13 +106,18 @@ enum Command {
         #[arg(long, default_value_t = 30, value_name = "SECS")]
         drain_timeout: u64,
         #[command(flatten)]
+        access: AccessArgs,
+        #[command(flatten)]
+        tls: ServeTls,
+        #[command(flatten)]
         tuning: Tuning,
         #[command(flatten)]
         bounds: ServerBounds,
     },
     /// Pull an object into a file (written as FILE.part, renamed when verified).
     Get {
-        /// [http://]HOST[:PORT]/objects/NAME[?mode=..&items=..&quantize=..&chunk_size=..]
+        /// [http://|https://]HOST[:PORT]/objects/NAME[?mode=..&items=..&quantize=..&chunk_size=..]
+        /// (no scheme means http://)
         url: String,
         /// The file to write; `-` for standard output (file mode); an
         /// existing directory to write the object's name inside it.
@@ -135,16 +149,20 @@ enum Command {
         #[command(flatten)]
         report: Report,
         #[command(flatten)]
+        tls: PeerTls,
+        #[command(flatten)]
         tuning: Tuning,
     },
     /// Push a file as an object.
     Put {
         /// The file to send.
         file: PathBuf,
-        /// [http://]HOST[:PORT]/objects/NAME
+        /// [http://|https://]HOST[:PORT]/objects/NAME (no scheme means http://)
         url: String,
         #[command(flatten)]
         report: Report,
+        #[command(flatten)]
+        tls: PeerTls,
         #[command(flatten)]
         tuning: Tuning,
     },
@@ -304,6 +322,107 @@ fn parse_secs(s: &str) -> Result<std::time::Duration, String> {
     std::time::Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
 }
 
+/// Who may push and pull (SPEC.md §8.9).
+#[derive(clap::Args)]
+struct AccessArgs {
+    /// Accept pushes. Bare: from anyone (loopback, tests). With
+    /// PATTERN[=PREFIX] (repeatable): only from clients whose certificate
+    /// CN or a SAN matches the glob PATTERN, and with PREFIX only for
+    /// object names that start with it, e.g. 'site-*=updates/'.
+    #[arg(long, value_name = "PATTERN[=PREFIX]", num_args = 0..=1, default_missing_value = "")]
+    allow_push: Vec<String>,
+    /// Serve pulls only to clients whose certificate CN or a SAN matches
+    /// PATTERN (repeatable; =PREFIX scopes it to names under PREFIX).
+    /// Without it anyone may pull.
+    #[arg(long, value_name = "PATTERN[=PREFIX]")]
+    allow_get: Vec<String>,
+    /// Most connections at once per verified client identity.
+    #[arg(long)]
+    max_connections_per_identity: Option<usize>,
+    /// Most requests at once per verified client identity, all its
+    /// connections together.
+    #[arg(long)]
+    max_streams_per_identity: Option<usize>,
+}
+
+impl AccessArgs {
+    /// `(push, get)`: bare `--allow-push` anywhere means anyone.
+    fn access(&self) -> Result<(Access, Access), BoxError> {
+        let push = if self.allow_push.is_empty() {
+            Access::Nobody
+        } else if self.allow_push.iter().any(String::is_empty) {
+            Access::Anyone
+        } else {
+            Access::only(&self.allow_push)?
+        };
+        let get = if self.allow_get.is_empty() { Access::Anyone } else { Access::only(&self.allow_get)? };
+        Ok((push, get))
+    }
+}
+
+/// The server's TLS files.
+#[derive(clap::Args)]
+struct ServeTls {
+    /// Serve TLS 1.3 with this certificate chain (PEM, leaf first).
+    #[arg(long, requires = "tls_key", value_name = "CERT.pem")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert", value_name = "KEY.pem")]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS: every client must present a certificate that chains to
+    /// a CA in this file (PEM).
+    #[arg(long, requires = "tls_cert", value_name = "CA.pem")]
+    client_ca: Option<PathBuf>,
+}
+
+impl ServeTls {
+    fn config(&self) -> Result<Option<Arc<tensorwire::rustls::ServerConfig>>, BoxError> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else { return Ok(None) };
+        let mut tls = ServerTls::from_pem_files(cert, key)?;
+        if let Some(ca) = &self.client_ca {
+            tls = tls.with_client_ca_file(ca)?;
+        }
+        Ok(Some(tls.build()?))
+    }
+}
+
+/// A client's TLS files (https:// URLs only).
+#[derive(clap::Args)]
+struct PeerTls {
+    /// Trust the CA(s) in this PEM file instead of the system roots.
+    #[arg(long, value_name = "CA.pem")]
+    ca: Option<PathBuf>,
+    /// Present this client certificate (PEM, leaf first) for mutual TLS.
+    #[arg(long, requires = "key", value_name = "CERT.pem")]
+    cert: Option<PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(long, requires = "cert", value_name = "KEY.pem")]
+    key: Option<PathBuf>,
+}
+
+impl PeerTls {
+    /// Connects to the target's server; the TLS files need an https:// URL.
+    async fn connect(&self, t: &Target, mut config: Config) -> Result<Client, Failure> {
+        let any = self.ca.is_some() || self.cert.is_some();
+        if any && !t.endpoint.tls {
+            return Err(Failure::usage(format!("{}: --ca, --cert and --key need an https:// URL", t.endpoint)));
+        }
+        if t.endpoint.tls {
+            let mut tls = ClientTls::new();
+            if let Some(ca) = &self.ca {
+                tls = tls.with_ca_file(ca).map_err(|e| Failure::usage(format!("{}: {e}", ca.display())))?;
+            }
+            if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+                tls = tls
+                    .with_identity_files(cert, key)
+                    .map_err(|e| Failure::usage(format!("{}: {e}", cert.display())))?;
+            }
+            config.client_tls = Some(tls.build().map_err(|e| Failure::usage(e.to_string()))?);
+        }
+        Client::connect_to(&t.endpoint, config).await.map_err(|e| Failure::transfer(&t.party(), None, e))
+    }
+}
+
 /// Transfer tuning shared by the network commands.
 #[derive(clap::Args)]
 struct Tuning {
@@ -399,15 +518,16 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Serve { root, addr, read_only, drain_timeout, tuning, bounds } => {
-            serve(root, addr, read_only, Duration::from_secs(drain_timeout), bounds.apply(tuning.config())).await
+        Command::Serve { root, addr, read_only, drain_timeout, access, tls, tuning, bounds } => {
+            let config = bounds.apply(tuning.config());
+            serve(root, addr, read_only, Duration::from_secs(drain_timeout), &access, &tls, config).await
         }
-        Command::Get { url, output, remote_name, mode, items, quantize, keep_subnormals, report, tuning } => {
+        Command::Get { url, output, remote_name, mode, items, quantize, keep_subnormals, report, tls, tuning } => {
             let target = target::parse_url(&url)?;
             let output = target::resolve_output(output.as_deref(), remote_name, &target.name)?;
-            get(GetRequest { target, output, mode, items, quantize, keep_subnormals }, report, tuning).await
+            get(GetRequest { target, output, mode, items, quantize, keep_subnormals }, report, &tls, tuning).await
         }
-        Command::Put { file, url, report, tuning } => put(file, &url, report, tuning).await,
+        Command::Put { file, url, report, tls, tuning } => put(file, &url, report, &tls, tuning).await,
         Command::Inspect { file } => inspect(file),
         Command::Bench { what: BenchWhat::Memory { shape, dir, json, verify, modes } } => {
             Ok(bench_memory(&shape, dir, json, verify, modes, false)?)
@@ -433,12 +553,53 @@ async fn signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-async fn serve(root: PathBuf, addr: String, read_only: bool, drain: Duration, config: Config) -> Result<(), Failure> {
-    let registry = Registry::root(&root)
-        .map_err(|e| Failure::usage(format!("{}: {e}", root.display())))?
-        .accept_pushes(!read_only);
+async fn serve(
+    root: PathBuf,
+    addr: String,
+    read_only: bool,
+    drain: Duration,
+    access: &AccessArgs,
+    tls: &ServeTls,
+    mut config: Config,
+) -> Result<(), Failure> {
+    let (push, get) = access.access().map_err(|e| Failure::usage(e.to_string()))?;
+    // --read-only wins over --allow-push (scripts that said it keep their meaning).
+    let push = if read_only { Access::Nobody } else { push };
+    let registry = Registry::root(&root).map_err(|e| Failure::usage(format!("{}: {e}", root.display())))?;
+    let registry = registry.allow_push(push.clone()).allow_get(get.clone());
+    config.server_tls = tls.config().map_err(|e| Failure::usage(e.to_string()))?;
+    if let Some(n) = access.max_connections_per_identity {
+        config.max_connections_per_identity = n;
+    }
+    if let Some(n) = access.max_streams_per_identity {
+        config.max_streams_per_identity = n;
+    }
+    let scheme = if config.server_tls.is_some() { "https" } else { "http" };
+    let mutual = tls.client_ca.is_some();
+    // Requests are logged by the server's structured `tensorwire::request`
+    // line (with the peer's identity); connection events go here.
+    let log = Arc::new(|event: &ServerEvent| {
+        if !matches!(event, ServerEvent::Request { .. }) {
+            log_line(&event.to_string())
+        }
+    });
     let server = Server::bind(&addr, registry, config).await.map_err(|e| Failure::usage(format!("{addr}: {e}")))?;
-    eprintln!("tensorwire: serving {} on http://{}/objects/", root.display(), server.local_addr()?);
+    let server = server.with_events(log);
+    eprintln!("tensorwire: serving {} on {scheme}://{}/objects/", root.display(), server.local_addr()?);
+    let mode = if mutual {
+        "mutual TLS"
+    } else if scheme == "https" {
+        "TLS, no client certificates"
+    } else {
+        "cleartext h2c"
+    };
+    log_line(&format!("{mode}; pushes from {push}; pulls by {get}"));
+    let rules = matches!(push, Access::Only(_)) || matches!(get, Access::Only(_));
+    if rules && !mutual {
+        log_line(
+            "warning: PATTERN rules match client certificates, which only --client-ca asks for: they allow nobody",
+        );
+    }
     let handle = server.handle();
     tokio::spawn(async move {
         signal().await;
@@ -462,6 +623,13 @@ async fn serve(root: PathBuf, addr: String, read_only: bool, drain: Duration, co
     server.run().await?;
     eprintln!("tensorwire: drained, every transfer finished");
     Ok(())
+}
+
+/// One line to stderr; a closed stderr (a parent that read only the
+/// banner) must not stop the server, so errors are ignored.
+fn log_line(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "tensorwire: {line}");
 }
 
 /// Options with a progress bar (when stderr is a terminal and not quiet),
@@ -557,7 +725,7 @@ struct GetRequest {
     keep_subnormals: bool,
 }
 
-async fn get(req: GetRequest, report: Report, tuning: Tuning) -> Result<(), Failure> {
+async fn get(req: GetRequest, report: Report, tls: &PeerTls, tuning: Tuning) -> Result<(), Failure> {
     let GetRequest { target: t, output, mode, items, quantize, keep_subnormals } = req;
     let subnormals =
         if keep_subnormals { tensorwire::quant::Subnormals::Keep } else { tensorwire::quant::Subnormals::Flush };
@@ -582,7 +750,7 @@ async fn get(req: GetRequest, report: Report, tuning: Tuning) -> Result<(), Fail
         config.chunk_size = c;
     }
     let party = t.party();
-    let client = Client::connect(&t.addr, config).await.map_err(|e| Failure::transfer(&party, None, e))?;
+    let client = tls.connect(&t, config).await?;
     let (mut opts, bar, wire) = options(&t.name, report.quiet);
     opts.chunk_size = tuning.chunk_size.or(t.chunk_size);
     opts.quantize = quantize;
@@ -590,7 +758,7 @@ async fn get(req: GetRequest, report: Report, tuning: Tuning) -> Result<(), Fail
         eprintln!(
             "tensorwire: GET {} from {} (mode {}, items {:?}, quantize {:?})",
             t.name,
-            t.addr,
+            t.endpoint,
             if mode == GetMode::File { "file" } else { "container" },
             items,
             quantize.map(|q| q.as_str())
@@ -740,7 +908,7 @@ async fn to_stdout(client: &Client, name: &str, opts: &TransferOptions) -> Resul
     }
 }
 
-async fn put(file: PathBuf, url: &str, report: Report, tuning: Tuning) -> Result<(), Failure> {
+async fn put(file: PathBuf, url: &str, report: Report, tls: &PeerTls, tuning: Tuning) -> Result<(), Failure> {
     let t = target::parse_url(url)?;
     if t.mode.is_some() || t.items.is_some() || t.quantize.is_some() {
         return Err(Failure::usage(format!("{url}: a push takes no mode, items or quantize parameters")));
@@ -749,10 +917,10 @@ async fn put(file: PathBuf, url: &str, report: Report, tuning: Tuning) -> Result
         return Err(Failure::usage(format!("{}: not a readable file", file.display())));
     }
     let party = t.party();
-    let client = Client::connect(&t.addr, tuning.config()).await.map_err(|e| Failure::transfer(&party, None, e))?;
+    let client = tls.connect(&t, tuning.config()).await?;
     let (opts, bar, _) = options(&t.name, report.quiet);
     if report.verbose {
-        eprintln!("tensorwire: PUT {} as {} to {}", file.display(), t.name, t.addr);
+        eprintln!("tensorwire: PUT {} as {} to {}", file.display(), t.name, t.endpoint);
     }
     let started = Instant::now();
     let result = client.put_file_with(&file, &t.name, &opts).await;

@@ -13,13 +13,16 @@ use futures::StreamExt;
 
 use super::body::{join, receive_file, FrameReceiver, FrameSender, FrameStream, Progress, ProgressFn};
 use super::server::send_all;
-use super::{object_path, Config};
+use super::tls::{handshake_error, Cleartext};
+use super::{object_path, ClientTls, Config, Endpoint};
 use crate::recv::ObjectRetriever;
 use crate::send::{ContainerStreamer, FileStreamer};
 use crate::wire::{EncodedFrame, Frame, CONTENT_TYPE};
 use crate::Error;
 
-/// A client connection (cleartext HTTP/2 with prior knowledge).
+/// A client connection: cleartext HTTP/2 with prior knowledge
+/// ([`Client::connect`]), or TLS 1.3 with ALPN `h2` ([`Client::connect_tls`];
+/// [`Client::connect_to`] picks by the URL's scheme).
 ///
 /// Cheap to clone: clones share the connection, and every transfer is its
 /// own stream, so many can run at once. Each transfer is cancelled by
@@ -40,6 +43,7 @@ use crate::Error;
 pub struct Client {
     send: h2::client::SendRequest<EncodedFrame>,
     authority: String,
+    scheme: &'static str,
     config: Arc<Config>,
 }
 
@@ -92,7 +96,62 @@ impl Client {
             .map_err(|_| Error::Timeout("connect"))??;
         tcp.set_nodelay(true)?;
         let authority = tcp.peer_addr()?.to_string();
-        Self::handshake(tcp, authority, config).await
+        // A TLS server's answer to the preface is refused with a message
+        // that says so.
+        Self::handshake(Cleartext::client(tcp), authority, config).await
+    }
+
+    /// Connects to an [`Endpoint`]: over TLS for `https://`, cleartext for
+    /// `http://`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::connect`] and [`Client::connect_tls`].
+    pub async fn connect_to(endpoint: &Endpoint, config: Config) -> Result<Self, Error> {
+        match endpoint.tls {
+            true => Self::connect_tls(endpoint.addr(), &endpoint.host, config).await,
+            false => Self::connect(endpoint.addr(), config).await,
+        }
+    }
+
+    /// Connects over TLS 1.3 (ALPN `h2`) with [`Config::client_tls`] (the
+    /// system roots, no client certificate, when unset); the server's
+    /// certificate must be valid for `server_name` (a DNS name or an IP
+    /// address).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Tls`] when the handshake fails (an untrusted or expired
+    /// certificate, a name mismatch, a server that does not speak TLS),
+    /// [`Error::InvalidUrl`] for a server name that is neither a DNS name
+    /// nor an IP address, [`Error::Protocol`] when the server does not
+    /// agree on `h2`, and as [`Client::connect`].
+    pub async fn connect_tls(addr: impl ToSocketAddrs, server_name: &str, config: Config) -> Result<Self, Error> {
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+            .map_err(|_| Error::InvalidUrl { url: server_name.to_string(), reason: "not a DNS name or IP address" })?;
+        let tls = match &config.client_tls {
+            Some(tls) => Arc::clone(tls),
+            None => ClientTls::new().build()?,
+        };
+        let started = tokio::time::Instant::now();
+        let tcp = tokio::time::timeout(config.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| Error::Timeout("connect"))??;
+        tcp.set_nodelay(true)?;
+        let port = tcp.peer_addr()?.port();
+        let authority = Endpoint { tls: true, host: server_name.to_string(), port }.addr();
+        let left = config.connect_timeout.saturating_sub(started.elapsed());
+        let stream = tokio::time::timeout(left, tokio_rustls::TlsConnector::from(tls).connect(name, tcp))
+            .await
+            .map_err(|_| Error::Timeout("TLS handshake"))?
+            .map_err(handshake_error)?;
+        // SPEC.md §8.1: over TLS the protocol is HTTP/2, agreed by ALPN.
+        if stream.get_ref().1.alpn_protocol().is_some_and(|p| p != super::ALPN_H2) {
+            return Err(Error::Protocol("the TLS server did not agree on h2 (ALPN)"));
+        }
+        let mut client = Self::handshake(stream, authority, config).await?;
+        client.scheme = "https";
+        Ok(client)
     }
 
     /// Runs HTTP/2 over any IO (a `tokio::io::duplex` pipe in tests). The
@@ -115,7 +174,7 @@ impl Client {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        Ok(Client { send, authority: authority.into(), config: Arc::new(config) })
+        Ok(Client { send, authority: authority.into(), scheme: "http", config: Arc::new(config) })
     }
 
     /// Pulls object `name` into the file `dest` (SPEC.md §8.2): written to
@@ -331,7 +390,7 @@ impl Client {
     fn request(&self, method: Method, path: &str) -> Result<Request<()>, Error> {
         Request::builder()
             .method(method)
-            .uri(format!("http://{}{path}", self.authority))
+            .uri(format!("{}://{}{path}", self.scheme, self.authority))
             .header("tensorwire-version", "1")
             .body(())
             .map_err(|_| Error::InvalidName { name: path.to_string(), reason: "not a valid request path" })
@@ -344,7 +403,7 @@ fn not_h2(e: h2::Error) -> Error {
     if e.is_library() && e.reason() == Some(h2::Reason::FRAME_SIZE_ERROR) {
         return Error::Protocol("the server does not speak HTTP/2 with prior knowledge (an HTTP/1.1 server?)");
     }
-    Error::Http(e)
+    Error::from(e)
 }
 
 /// The header naming the item of a 404 for a missing item (SPEC.md §8.5).

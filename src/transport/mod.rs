@@ -4,6 +4,10 @@
 //!   accepts pushes (`PUT /objects/{name}`).
 //! * [`Client`] pulls and pushes files over one connection, many transfers
 //!   at a time, with progress and cancellation.
+//! * Between sites: TLS 1.3 with ALPN `h2` ([`ServerTls`], [`ClientTls`],
+//!   or your own rustls configs in [`Config`]), the verified [`Peer`] of
+//!   each connection, and [`Access`] rules for who may pull and push what
+//!   (SPEC.md §8.1, §8.9).
 //!
 //! Both send only against flow-control capacity the peer granted
 //! (`reserve_capacity` / `poll_capacity`), so a slow receiver slows the
@@ -32,20 +36,31 @@
 //! uses mimalloc: about 200 faults per GiB), or set
 //! `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=67108864:glibc.malloc.trim_threshold=536870912`.
 
+mod auth;
 pub(crate) mod body;
 mod client;
+mod endpoint;
+mod events;
 mod metrics;
+mod peer;
 mod registry;
 mod server;
+mod tls;
 
+use std::sync::Arc;
 use std::time::Duration;
 
+pub use auth::{Access, AccessRule};
 pub use body::{FrameReceiver, FrameStream, Progress, ProgressFn};
 pub use client::{Client, Transfer, TransferOptions};
+pub use endpoint::{Endpoint, DEFAULT_PORT};
+pub use events::{EventFn, ServerEvent};
+pub use peer::{Identity, Peer};
 pub use registry::{ContainerSource, Listed, PushHandler, Registry, MAX_LISTED};
 #[cfg(any(fuzzing, test))]
 pub(crate) use server::fuzz_request;
 pub use server::{Server, ServerHandle};
+pub use tls::{provider as tls_provider, ClientTls, ServerTls, ALPN_H2};
 
 use crate::wire::Limits;
 
@@ -114,6 +129,19 @@ pub struct Config {
     /// (`serve --max-pinned`); it also bounds the frames a server has
     /// produced and not yet handed to HTTP/2 (quantized chunks).
     pub max_pinned: u64,
+    /// A server's TLS config ([`ServerTls::build`], or your own: it needs
+    /// ALPN `h2`); `None` serves cleartext HTTP/2 with prior knowledge.
+    pub server_tls: Option<Arc<rustls::ServerConfig>>,
+    /// The TLS config a [`Client`] uses for `https://` endpoints
+    /// ([`ClientTls::build`], or your own with ALPN `h2`); `None` means
+    /// [`ClientTls::new`]: the system roots and no client certificate.
+    pub client_tls: Option<Arc<rustls::ClientConfig>>,
+    /// Most connections a server holds at once per verified client
+    /// identity (SPEC.md §8.9); more are answered `503` on every request.
+    pub max_connections_per_identity: usize,
+    /// Most requests a server handles at once per verified client
+    /// identity, all its connections together; more are answered `503`.
+    pub max_streams_per_identity: usize,
 }
 
 impl Default for Config {
@@ -136,6 +164,10 @@ impl Default for Config {
             idle_connection_timeout: Duration::from_secs(120),
             max_pinned_per_connection: 64 << 20,
             max_pinned: 256 << 20,
+            server_tls: None,
+            client_tls: None,
+            max_connections_per_identity: 16,
+            max_streams_per_identity: 256,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
-use super::FrameStream;
+use super::{Access, FrameStream, Peer};
 use crate::recv::{FileSink, ObjectRetriever, UPLOAD_PREFIX};
 use crate::tensor::TensorMap;
 use crate::Error;
@@ -18,10 +18,13 @@ use crate::Error;
 pub type ContainerSource = Arc<dyn Fn() -> Arc<TensorMap> + Send + Sync>;
 
 /// Receives a pushed container object (SPEC.md §8.3): called with the
-/// object's name and its tensors as a stream, as they arrive. The push is
-/// answered `201` when the handler returns `Ok`, and fails otherwise.
+/// object's name, the [`Peer`] that pushes it (its verified identity, over
+/// mutual TLS) and its tensors as a stream, as they arrive. It runs only
+/// after the registry's push rules allowed the push (SPEC.md §8.9). The
+/// push is answered `201` when the handler returns `Ok`, and fails
+/// otherwise.
 pub type PushHandler =
-    Arc<dyn Fn(String, ObjectRetriever<FrameStream>) -> BoxFuture<'static, Result<(), Error>> + Send + Sync>;
+    Arc<dyn Fn(String, Peer, ObjectRetriever<FrameStream>) -> BoxFuture<'static, Result<(), Error>> + Send + Sync>;
 
 /// The objects a [`Server`](super::Server) may serve: files registered by
 /// name, and/or every regular file under one root directory. Nothing else:
@@ -30,13 +33,18 @@ pub type PushHandler =
 /// symbolic links too — outside the root is refused before anything is
 /// opened (SPEC.md §8.5).
 ///
+/// Who may pull and push is set with [`Registry::allow_get`] (default:
+/// anyone) and [`Registry::allow_push`] (default: nobody — a registry is
+/// read-only until pushes are allowed), checked against each request's
+/// [`Peer`] before anything is read or written (SPEC.md §8.9).
+///
 /// ```
 /// use tensorwire::transport::Registry;
 /// let registry = Registry::new().with_file("model", "/srv/models/llama.safetensors");
 /// assert!(registry.decode_name("/objects/..%2Fetc%2Fpasswd").is_err());
 /// assert_eq!(registry.decode_name("/objects/model").ok().as_deref(), Some("model"));
 /// ```
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Registry {
     root: Option<PathBuf>,
     /// The root directory, opened once: uploads are created and committed
@@ -45,7 +53,22 @@ pub struct Registry {
     files: HashMap<String, PathBuf>,
     containers: HashMap<String, ContainerSource>,
     push_handler: Option<PushHandler>,
-    accept_pushes: bool,
+    push: Access,
+    get: Access,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            root: None,
+            root_dir: None,
+            files: HashMap::new(),
+            containers: HashMap::new(),
+            push_handler: None,
+            push: Access::Nobody,
+            get: Access::Anyone,
+        }
+    }
 }
 
 impl std::fmt::Debug for Registry {
@@ -55,7 +78,8 @@ impl std::fmt::Debug for Registry {
             .field("files", &self.files)
             .field("containers", &self.containers.keys().collect::<Vec<_>>())
             .field("push_handler", &self.push_handler.is_some())
-            .field("accept_pushes", &self.accept_pushes)
+            .field("push", &self.push)
+            .field("get", &self.get)
             .finish()
     }
 }
@@ -66,7 +90,8 @@ impl Registry {
         Self::default()
     }
 
-    /// Serves every regular file under `dir` and accepts pushes into it.
+    /// Serves every regular file under `dir`; pushes into it are refused
+    /// until [`Registry::allow_push`] allows them.
     ///
     /// # Errors
     ///
@@ -77,12 +102,7 @@ impl Registry {
             return Err(std::io::Error::new(std::io::ErrorKind::NotADirectory, "root is not a directory").into());
         }
         let root_dir = File::open(&root)?;
-        Ok(Registry {
-            root: Some(root),
-            root_dir: Some(Arc::new(root_dir)),
-            accept_pushes: true,
-            ..Registry::default()
-        })
+        Ok(Registry { root: Some(root), root_dir: Some(Arc::new(root_dir)), ..Registry::default() })
     }
 
     /// Removes the temporary files that uploads interrupted by a crash or a
@@ -94,8 +114,8 @@ impl Registry {
     ///
     /// [`Error::Io`] when the root cannot be read.
     pub fn remove_stale_uploads(&self) -> Result<u64, Error> {
-        match (&self.root, self.accept_pushes) {
-            (Some(root), true) => crate::recv::remove_stale_uploads(root),
+        match &self.root {
+            Some(root) if !matches!(self.push, Access::Nobody) => crate::recv::remove_stale_uploads(root),
             _ => Ok(0),
         }
     }
@@ -119,6 +139,7 @@ impl Registry {
 
     /// Hands pushed objects to `handler` instead of writing them under the
     /// root: a controller receives the tensors of each update as a stream.
+    /// Pushes still need [`Registry::allow_push`].
     pub fn with_push_handler(mut self, handler: PushHandler) -> Self {
         self.push_handler = Some(handler);
         self
@@ -134,10 +155,49 @@ impl Registry {
         self.push_handler.as_ref()
     }
 
-    /// Whether pushes are accepted (only with a root).
-    pub fn accept_pushes(mut self, yes: bool) -> Self {
-        self.accept_pushes = yes;
+    /// `true`: anyone may push ([`Access::Anyone`]); `false`: nobody.
+    pub fn accept_pushes(self, yes: bool) -> Self {
+        self.allow_push(if yes { Access::Anyone } else { Access::Nobody })
+    }
+
+    /// Who may push (default [`Access::Nobody`]).
+    pub fn allow_push(mut self, access: Access) -> Self {
+        self.push = access;
         self
+    }
+
+    /// Who may pull (default [`Access::Anyone`]).
+    pub fn allow_get(mut self, access: Access) -> Self {
+        self.get = access;
+        self
+    }
+
+    /// Who may push.
+    pub fn push_access(&self) -> &Access {
+        &self.push
+    }
+
+    /// Who may pull.
+    pub fn get_access(&self) -> &Access {
+        &self.get
+    }
+
+    /// Checks that `peer` may push object `name` (SPEC.md §8.9).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Forbidden`] when no push rule allows it.
+    pub fn authorize_push(&self, peer: &Peer, name: &str) -> Result<(), Error> {
+        authorize(&self.push, "push", peer, name)
+    }
+
+    /// Checks that `peer` may pull object `name` (SPEC.md §8.9).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Forbidden`] when no pull rule allows it.
+    pub fn authorize_get(&self, peer: &Peer, name: &str) -> Result<(), Error> {
+        authorize(&self.get, "pull", peer, name)
     }
 
     /// Takes an object name out of a request path (`/objects/{name}`,
@@ -207,7 +267,8 @@ impl Registry {
     /// [`Error::Io`] when the file cannot be created.
     pub fn create_upload(&self, name: &str) -> Result<FileSink, Error> {
         let refuse = |reason| Error::InvalidName { name: crate::wire::meta_truncate(name), reason };
-        let (Some(root), Some(root_dir), true) = (&self.root, &self.root_dir, self.accept_pushes) else {
+        let (Some(root), Some(root_dir), false) = (&self.root, &self.root_dir, matches!(self.push, Access::Nobody))
+        else {
             return Err(refuse("pushes are not accepted"));
         };
         // SPEC.md §8.3: pushes never write into an in-progress file.
@@ -322,6 +383,13 @@ fn is_reserved(name: &str) -> bool {
     name.ends_with(".part") || name.split('/').any(|seg| seg.starts_with(UPLOAD_PREFIX))
 }
 
+fn authorize(access: &Access, action: &'static str, peer: &Peer, name: &str) -> Result<(), Error> {
+    if access.allows(peer, name) {
+        return Ok(());
+    }
+    Err(Error::Forbidden { action, name: name.to_string(), peer: peer.to_string() })
+}
+
 /// `root/name` when every component of `name` is a normal one.
 fn checked_join(root: &Path, name: &str) -> Option<PathBuf> {
     let rel = Path::new(name);
@@ -340,7 +408,7 @@ mod tests {
         std::fs::write(&outside, b"secret").expect("file");
         let _ = std::os::unix::fs::symlink(&outside, dir.join("escape"));
         let _ = std::os::unix::fs::symlink("/", dir.join("rootlink"));
-        (dir.clone(), Registry::root(&dir).expect("root"))
+        (dir.clone(), Registry::root(&dir).expect("root").accept_pushes(true))
     }
 
     #[test]
@@ -409,5 +477,33 @@ mod tests {
         assert!(matches!(r.resolve(&temp), Err(Error::NotFound { .. })));
         assert!(matches!(r.create_upload("sub/b.bin.part"), Err(Error::InvalidName { .. })));
         assert!(matches!(r.create_upload(&temp), Err(Error::InvalidName { .. })));
+    }
+
+    #[test]
+    fn root_is_read_only_by_default() {
+        let (dir, _) = root();
+        let r = Registry::root(&dir).expect("root");
+        assert!(r.create_upload("sub/new.bin").is_err());
+        let err = r.authorize_push(&Peer::anonymous(None), "sub/new.bin").expect_err("refused");
+        assert!(matches!(err, Error::Forbidden { action: "push", .. }), "{err}");
+        assert!(r.authorize_get(&Peer::anonymous(None), "sub/a.bin").is_ok());
+    }
+
+    #[test]
+    fn push_and_get_rules_use_the_verified_identity() {
+        use crate::transport::Identity;
+        let (dir, _) = root();
+        let r = Registry::root(&dir)
+            .expect("root")
+            .allow_push(Access::only(["site-*=updates/"]).expect("rule"))
+            .allow_get(Access::only(["site-*", "controller"]).expect("rule"));
+        let site = Peer::verified(None, Identity::new(Some("site-2".into()), vec![]));
+        let stranger = Peer::verified(None, Identity::new(Some("mallory".into()), vec![]));
+        assert!(r.authorize_push(&site, "updates/site-2.safetensors").is_ok());
+        assert!(r.authorize_push(&site, "global.safetensors").is_err());
+        assert!(r.authorize_push(&stranger, "updates/x").is_err());
+        assert!(r.authorize_get(&site, "global.safetensors").is_ok());
+        let err = r.authorize_get(&Peer::anonymous(None), "global.safetensors").expect_err("refused");
+        assert!(err.to_string().contains("may not pull"), "{err}");
     }
 }

@@ -15,8 +15,10 @@ use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use super::auth::{KeyedLimiter, KeyedPermit};
 use super::body::{join, receive_into, FrameReceiver, FrameSender};
-use super::{Config, Registry};
+use super::tls::{handshake_error, Cleartext};
+use super::{Config, EventFn, Identity, Peer, Registry, ServerEvent};
 use futures::StreamExt;
 
 use crate::recv::ObjectRetriever;
@@ -24,9 +26,12 @@ use crate::send::{ContainerStreamer, FileStreamer};
 use crate::wire::{Abort, AbortCode, Budget, EncodedFrame, Frame, CONTENT_TYPE};
 use crate::Error;
 
-/// An HTTP/2 server (cleartext, prior knowledge) for the objects of a
-/// [`Registry`]: `GET /objects/{name}` streams a file, `PUT /objects/{name}`
-/// receives one (SPEC.md §8.2, §8.3).
+/// An HTTP/2 server for the objects of a [`Registry`]: `GET
+/// /objects/{name}` streams a file, `PUT /objects/{name}` receives one
+/// (SPEC.md §8.2, §8.3). Cleartext with prior knowledge (h2c), or TLS 1.3
+/// with ALPN `h2` when [`Config::server_tls`] is set; with a client CA in
+/// that config the client's verified [`Identity`] is each request's
+/// [`Peer`], which the registry's access rules check (SPEC.md §8.9).
 ///
 /// Every transfer is its own HTTP/2 stream; many share a connection. A
 /// sender sends only against the capacity the client grants, so a slow
@@ -55,7 +60,6 @@ pub struct Server {
     shutdown: watch::Sender<bool>,
 }
 
-#[derive(Debug)]
 struct Shared {
     registry: Registry,
     config: Config,
@@ -65,14 +69,47 @@ struct Shared {
     budget: Budget,
     /// Open connections per peer address.
     peers: Mutex<HashMap<IpAddr, usize>>,
+    events: Option<EventFn>,
+    identity_connections: KeyedLimiter,
+    identity_streams: KeyedLimiter,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("registry", &self.registry)
+            .field("config", &self.config)
+            .field("events", &self.events.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Shared {
     fn new(registry: Registry, config: Config) -> Self {
-        let budget = Budget::new(config.max_pinned);
-        let metrics = super::metrics::Metrics::new();
-        Shared { registry, config, stats: Arc::default(), metrics, budget, peers: Mutex::default() }
+        Shared {
+            budget: Budget::new(config.max_pinned),
+            metrics: super::metrics::Metrics::new(),
+            registry,
+            config,
+            stats: Arc::default(),
+            peers: Mutex::default(),
+            events: None,
+            identity_connections: KeyedLimiter::default(),
+            identity_streams: KeyedLimiter::default(),
+        }
     }
+
+    fn event(&self, event: ServerEvent) {
+        if let Some(f) = &self.events {
+            f(&event);
+        }
+    }
+}
+
+/// One connection's peer, and whether its identity is over its bound.
+struct Connection {
+    peer: Peer,
+    over_limit: bool,
 }
 
 /// Counters a [`ServerHandle`] reads.
@@ -259,6 +296,15 @@ impl Server {
         Ok(Server { listener, shared, shutdown })
     }
 
+    /// Sends the server's [`ServerEvent`]s (each request with its peer and
+    /// status; refused connections) to `events`, for a log.
+    pub fn with_events(mut self, events: EventFn) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.events = Some(events);
+        }
+        self
+    }
+
     /// The bound address.
     pub fn local_addr(&self) -> Result<SocketAddr, Error> {
         Ok(self.listener.local_addr()?)
@@ -306,9 +352,7 @@ impl Server {
                         self.shared.stats.tasks.fetch_add(1, Ordering::SeqCst);
                         connections.spawn(async move {
                             let _slot = slot;
-                            if let Err(e) = serve(tcp, shared, stop).await {
-                                tracing::debug!(%peer, error = %e, "connection ended with an error");
-                            }
+                            accept(tcp, peer, shared, stop).await;
                         });
                     }
                     Err(e) if is_connection_error(&e) => {}
@@ -352,15 +396,103 @@ impl Server {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (_never, stop) = watch::channel(false);
-        serve(io, Arc::new(Shared::new(registry, config)), stop).await
+        let conn = Connection { peer: Peer::anonymous(None), over_limit: false };
+        serve(io, Arc::new(Shared::new(registry, config)), stop, Arc::new(conn)).await
     }
+}
+
+/// One accepted TCP connection: the TLS handshake when the server has TLS
+/// (the client's certificate verified there becomes the peer's identity),
+/// the identity's connection bound, then HTTP/2. A connection that fails
+/// before its first request is reported as [`ServerEvent::ConnectionFailed`].
+async fn accept(tcp: tokio::net::TcpStream, addr: SocketAddr, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+    let result = match shared.config.server_tls.clone() {
+        Some(tls) => {
+            let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(tcp).into_fallible();
+            match tokio::time::timeout(shared.config.handshake_timeout, handshake).await {
+                Err(_) => Err(Error::Timeout("TLS handshake")),
+                Ok(Err((e, tcp))) => {
+                    linger(tcp).await;
+                    Err(handshake_error(e))
+                }
+                Ok(Ok(stream)) => match peer_of(&stream, addr) {
+                    Ok(peer) => serve_peer(stream, peer, &shared, stop).await,
+                    Err(e) => Err(e),
+                },
+            }
+        }
+        None => serve_peer(Cleartext::server(tcp), Peer::anonymous(Some(addr)), &shared, stop).await,
+    };
+    if let Err(e) = result {
+        shared.event(ServerEvent::ConnectionFailed { addr, error: e.to_string() });
+    }
+}
+
+/// Closes a connection whose TLS handshake failed so that the client reads
+/// the alert that says why. A TLS 1.3 client sends its first requests right
+/// behind its certificate; closing with those unread would reset the
+/// connection (RST), and the client would see "connection reset" instead
+/// of the alert. So: send FIN, then read and drop what the client still
+/// sends, for at most a second and 1 MiB.
+async fn linger(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tcp.shutdown().await;
+    let drain = async {
+        let mut buf = [0u8; 16 << 10];
+        let mut left = 1usize << 20;
+        while left > 0 {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+}
+
+/// The peer of a TLS connection: its verified client certificate's names.
+fn peer_of(stream: &tokio_rustls::server::TlsStream<tokio::net::TcpStream>, addr: SocketAddr) -> Result<Peer, Error> {
+    // SPEC.md §8.1: over TLS the protocol MUST be HTTP/2 (ALPN "h2"); a
+    // client that offered no ALPN at all is taken as h2 with prior knowledge.
+    let session = stream.get_ref().1;
+    if session.alpn_protocol().is_some_and(|p| p != super::ALPN_H2) {
+        return Err(Error::Protocol("TLS client negotiated a protocol other than h2"));
+    }
+    match session.peer_certificates().and_then(|chain| chain.first()) {
+        Some(leaf) => Ok(Peer::verified(Some(addr), Identity::from_der(leaf)?)),
+        None => Ok(Peer::anonymous(Some(addr))),
+    }
+}
+
+async fn serve_peer<IO>(io: IO, peer: Peer, shared: &Arc<Shared>, stop: watch::Receiver<bool>) -> Result<(), Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // SPEC.md §8.7: connections are bounded per verified identity.
+    let permit: Option<KeyedPermit> = match peer.identity() {
+        Some(id) => shared.identity_connections.try_acquire(id, shared.config.max_connections_per_identity),
+        None => None,
+    };
+    let over_limit = peer.identity().is_some() && permit.is_none();
+    if over_limit {
+        shared.event(ServerEvent::IdentityOverLimit { peer: peer.clone() });
+    }
+    let conn = Arc::new(Connection { peer, over_limit });
+    let result = serve(io, Arc::clone(shared), stop, conn).await;
+    drop(permit);
+    result
 }
 
 /// Drives one connection: the handshake within its timeout, then requests
 /// (each its own task, reaped as it finishes) until the peer closes, the
 /// server shuts down, or the connection has had no request in flight for
 /// [`Config::idle_connection_timeout`].
-async fn serve<IO>(io: IO, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Result<(), Error>
+async fn serve<IO>(
+    io: IO,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    conn_info: Arc<Connection>,
+) -> Result<(), Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -389,8 +521,9 @@ where
                 Some(Ok((req, respond))) => {
                     let shared = Arc::clone(&shared);
                     let budget = budget.clone();
+                    let conn_info = Arc::clone(&conn_info);
                     shared.stats.tasks.fetch_add(1, Ordering::SeqCst);
-                    requests.spawn(async move { handle(req, respond, &shared, budget).await });
+                    requests.spawn(async move { handle(req, respond, &shared, budget, &conn_info).await });
                 }
                 Some(Err(e)) => {
                     if e.is_io() || e.is_go_away() { break } else { return Err(e.into()) }
@@ -446,6 +579,8 @@ impl Drop for GaugeGuard {
 /// What a request did, for its log line and the metrics.
 #[derive(Debug, Default)]
 struct Outcome {
+    /// The status answered (200 unless said otherwise).
+    status: StatusCode,
     mode: &'static str,
     quantize: Option<String>,
     /// Body bytes sent (pulls) or received (pushes).
@@ -459,31 +594,47 @@ struct Outcome {
 /// The methods `/objects/{name}` answers; anything else is a 405.
 const ALLOW: &str = "GET, HEAD, PUT";
 
-async fn handle(req: Request<RecvStream>, mut respond: SendResponse<EncodedFrame>, shared: &Shared, budget: Budget) {
+async fn handle(
+    req: Request<RecvStream>,
+    mut respond: SendResponse<EncodedFrame>,
+    shared: &Shared,
+    budget: Budget,
+    conn: &Connection,
+) {
     let _active = ActiveGuard::new(&shared.stats);
     shared.stats.started.fetch_add(1, Ordering::SeqCst);
     let _streams = GaugeGuard::new(&shared.metrics.active_streams);
     let started = std::time::Instant::now();
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
     let direction = if method == Method::PUT { "push" } else { "pull" };
-    let result = match (&method, path.as_str()) {
-        (&Method::GET, "/healthz") => Ok(health(&mut respond, shared)),
-        (&Method::GET, "/metrics") => {
-            Ok(small_reply(&mut respond, StatusCode::OK, METRICS_TYPE, shared.metrics.render()))
-        }
-        (&Method::GET | &Method::HEAD, "/objects" | "/objects/") => {
-            listing(&mut respond, shared, method == Method::HEAD).await
-        }
-        (&Method::GET, _) => get(&req, &mut respond, shared, budget).await,
-        (&Method::HEAD, _) => head(&req, &mut respond, shared).await,
-        (&Method::PUT, _) => put(req, &mut respond, shared, budget).await,
-        _ => {
-            Err(Reply::status(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not served here; allowed: {ALLOW}"))
-                .with_body(req.into_body()))
+    let peer = &conn.peer;
+    // SPEC.md §8.9: one identity's requests are bounded across its connections.
+    let _permit;
+    let result = match bounded(shared, conn) {
+        Err(reply) => Err(reply.with_body(req.into_body())),
+        Ok(permit) => {
+            _permit = permit;
+            match (&method, path.as_str()) {
+                (&Method::GET, "/healthz") => Ok(health(&mut respond, shared)),
+                (&Method::GET, "/metrics") => {
+                    Ok(small_reply(&mut respond, StatusCode::OK, METRICS_TYPE, shared.metrics.render()))
+                }
+                (&Method::GET | &Method::HEAD, "/objects" | "/objects/") => {
+                    listing(&mut respond, shared, peer, method == Method::HEAD).await
+                }
+                (&Method::GET, _) => get(&req, &mut respond, shared, budget, peer).await,
+                (&Method::HEAD, _) => head(&req, &mut respond, shared, peer).await,
+                (&Method::PUT, _) => put(req, &mut respond, shared, budget, peer).await,
+                _ => Err(Reply::status(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("{method} is not served here; allowed: {ALLOW}"),
+                )
+                .with_body(req.into_body())),
+            }
         }
     };
     let (status, outcome) = match result {
-        Ok(outcome) => (StatusCode::OK, outcome),
+        Ok(outcome) => (outcome.status, outcome),
         Err(mut reply) => {
             let status = reply.status;
             let message = reply.message.clone();
@@ -506,9 +657,16 @@ async fn handle(req: Request<RecvStream>, mut respond: SendResponse<EncodedFrame
     } else if !ok && path.starts_with(super::OBJECTS_PATH) {
         shared.metrics.failed.get_or_create(&labels).inc();
     }
+    if shared.events.is_some() {
+        let name = path.strip_prefix(super::OBJECTS_PATH).unwrap_or(&path).to_string();
+        let message = outcome.error.clone();
+        let (peer, method) = (peer.clone(), method.to_string());
+        shared.event(ServerEvent::Request { peer, method, name, status: status.as_u16(), message });
+    }
     // One structured line per request (fields, not a formatted string).
     tracing::info!(
         target: "tensorwire::request",
+        peer = %peer,
         method = %method,
         path = %path,
         mode = outcome.mode,
@@ -539,7 +697,7 @@ fn small_reply(
     Outcome { mode: "other", ..Outcome::default() }
 }
 
-/// `GET /healthz`: 200 while serving, 503 once draining (SPEC.md §8.7).
+/// `GET /healthz`: 200 while serving, 503 once draining (SPEC.md §8.8).
 fn health(respond: &mut SendResponse<EncodedFrame>, shared: &Shared) -> Outcome {
     if shared.stats.draining.load(Ordering::SeqCst) {
         small_reply(respond, StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", "draining\n".into())
@@ -549,9 +707,16 @@ fn health(respond: &mut SendResponse<EncodedFrame>, shared: &Shared) -> Outcome 
 }
 
 /// `GET /objects`: the objects the registry serves, as JSON.
-async fn listing(respond: &mut SendResponse<EncodedFrame>, shared: &Shared, head_only: bool) -> Result<Outcome, Reply> {
+async fn listing(
+    respond: &mut SendResponse<EncodedFrame>,
+    shared: &Shared,
+    peer: &Peer,
+    head_only: bool,
+) -> Result<Outcome, Reply> {
     let registry = shared.registry.clone();
-    let entries = blocking(move || Ok(registry.list())).await?;
+    let mut entries = blocking(move || Ok(registry.list())).await?;
+    // SPEC.md §8.9: a peer sees only the names it may pull.
+    entries.retain(|e| shared.registry.authorize_get(peer, &e.name).is_ok());
     let body = serde_json::to_string(&serde_json::json!({ "objects": entries }))
         .map_err(|e| Reply::status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     if head_only {
@@ -572,8 +737,10 @@ async fn head(
     req: &Request<RecvStream>,
     respond: &mut SendResponse<EncodedFrame>,
     shared: &Shared,
+    peer: &Peer,
 ) -> Result<Outcome, Reply> {
     let name = shared.registry.decode_name(req.uri().path())?;
+    shared.registry.authorize_get(peer, &name)?;
     let (len, items) = match shared.registry.container(&name) {
         Some(model) => (model.values().map(|t| t.data().len() as u64).sum::<u64>(), model.len() as u64),
         None => {
@@ -610,6 +777,25 @@ fn send_reply(respond: &mut SendResponse<EncodedFrame>, reply: Reply, head_only:
         if !head_only {
             let _ = stream.send_data(EncodedFrame::from_bytes(Bytes::from(reply.message + "\n")), true);
         }
+    }
+}
+
+/// SPEC.md §8.7: requests are bounded per verified identity, across its
+/// connections; a connection over its identity's bound gets only `503`s.
+fn bounded(shared: &Shared, conn: &Connection) -> Result<Option<KeyedPermit>, Reply> {
+    let busy = |what: &str| {
+        Reply::status(StatusCode::SERVICE_UNAVAILABLE, format!("{}: too many {what} for this identity", conn.peer))
+    };
+    if conn.over_limit {
+        return Err(busy("connections"));
+    }
+    match conn.peer.identity() {
+        Some(id) => shared
+            .identity_streams
+            .try_acquire(id, shared.config.max_streams_per_identity)
+            .map(Some)
+            .ok_or_else(|| busy("concurrent requests")),
+        None => Ok(None),
     }
 }
 
@@ -660,6 +846,7 @@ impl From<Error> for Reply {
         let status = match &e {
             Error::InvalidName { .. } => StatusCode::BAD_REQUEST,
             Error::NotFound { .. } | Error::ItemNotFound { .. } => StatusCode::NOT_FOUND,
+            Error::Forbidden { .. } => StatusCode::FORBIDDEN,
             Error::Decode(d) if d.is_limit() => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Tensor { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Safetensors(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -760,9 +947,13 @@ async fn get(
     respond: &mut SendResponse<EncodedFrame>,
     shared: &Shared,
     budget: Budget,
+    peer: &Peer,
 ) -> Result<Outcome, Reply> {
     let PullRequest { name, chunk, items, quantize, mode } =
         PullRequest::parse(req.uri(), &shared.registry, &shared.config)?;
+    // SPEC.md §8.9: a pull is checked against the pull rules before the
+    // object is looked up, so a refused peer learns nothing about it.
+    shared.registry.authorize_get(peer, &name)?;
     let container = shared.registry.container(&name);
     let mode = mode.as_deref().unwrap_or(if container.is_some() { "container" } else { "file" });
     let (frames, len, count): (futures::stream::BoxStream<'static, Result<Frame, Error>>, Option<u64>, Option<u64>) =
@@ -822,6 +1013,7 @@ async fn get(
         wire_bytes: tx.sent(),
         object_bytes: len,
         error: sent.err().map(|e| e.to_string()),
+        ..Outcome::default()
     })
 }
 
@@ -948,18 +1140,24 @@ async fn put(
     respond: &mut SendResponse<EncodedFrame>,
     shared: &Shared,
     budget: Budget,
+    peer: &Peer,
 ) -> Result<Outcome, Reply> {
     let name = match shared.registry.decode_name(req.uri().path()) {
         Ok(name) => name,
         Err(e) => return Err(Reply::from(e).with_body(req.into_body())),
     };
+    // SPEC.md §8.9: a push MUST be authorized before any byte of its body
+    // is read or anything is written.
+    if let Err(e) = shared.registry.authorize_push(peer, &name) {
+        return Err(Reply::from(e).with_body(req.into_body()));
+    }
     if let Err(reply) = check_push_headers(req.headers()) {
         return Err(reply.with_body(req.into_body()));
     }
     let mut rx = FrameReceiver::new(req.into_body(), &shared.config).with_budget(budget);
     let received = rx.counter();
     let stored = if let Some(handler) = shared.registry.push_handler() {
-        handler(name.clone(), ObjectRetriever::new(rx.into_stream())).await.map(|()| None)
+        handler(name.clone(), peer.clone(), ObjectRetriever::new(rx.into_stream())).await.map(|()| None)
     } else {
         // SPEC.md §8.3: each push into a file of its own, renamed into
         // place once verified; the last verified push wins.
@@ -995,5 +1193,5 @@ async fn put(
         .map_err(|e| Reply::status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let mut stream = respond.send_response(resp, false).map_err(Error::from)?;
     stream.send_data(EncodedFrame::from_bytes(Bytes::from(body)), true).map_err(Error::from)?;
-    Ok(Outcome { mode: "push", wire_bytes: wire, ..Outcome::default() })
+    Ok(Outcome { status: StatusCode::CREATED, mode: "push", wire_bytes: wire, ..Outcome::default() })
 }

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tensorwire::transport::{Client, Config, Registry, Server, ServerHandle};
 
+pub mod pki;
+
 /// A fresh directory under the system temp dir, removed on drop.
 pub struct TempDir(pub PathBuf);
 
@@ -68,7 +70,11 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(registry: Registry, config: Config) -> Self {
-        let server = Server::bind("127.0.0.1:0", registry, config).await.expect("bind");
+        Self::run(Server::bind("127.0.0.1:0", registry, config).await.expect("bind"))
+    }
+
+    /// Runs a server built by the caller (with events, say).
+    pub fn run(server: Server) -> Self {
         let addr = server.local_addr().expect("addr");
         let handle = server.handle();
         let task = tokio::spawn(async move {

@@ -44,7 +44,7 @@ impl Served {
             }
             None => Command::new(&bin),
         };
-        cmd.args(["serve", "--addr", "127.0.0.1:0", "--root"]).arg(root).args(args);
+        cmd.args(["serve", "--addr", "127.0.0.1:0", "--allow-push", "--root"]).arg(root).args(args);
         let mut child = cmd.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().expect("spawn tensorwire serve");
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(String::new()));

@@ -3,15 +3,15 @@
 use std::path::{Path, PathBuf};
 
 use tensorwire::quant::Scheme;
-use tensorwire::transport::Registry;
+use tensorwire::transport::{Endpoint, Registry};
 
 use super::exit::Failure;
 
 /// A parsed object URL: `[http://]HOST[:PORT]/objects/NAME[?QUERY]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Target {
-    /// `host:port`, port 7470 when the URL has none.
-    pub(crate) addr: String,
+    /// The server: host, port (7470 when the URL has none), TLS or not.
+    pub(crate) endpoint: Endpoint,
     /// The object name, percent-decoded and checked.
     pub(crate) name: String,
     /// `mode=` from the query.
@@ -27,7 +27,7 @@ pub(crate) struct Target {
 impl Target {
     /// The server, as error messages name it.
     pub(crate) fn party(&self) -> String {
-        format!("server {}", self.addr)
+        format!("server {}", self.endpoint.addr())
     }
 }
 
@@ -38,16 +38,10 @@ impl Target {
 pub(crate) fn parse_url(url: &str) -> Result<Target, Failure> {
     let bad = |why: String| Failure::usage(format!("{url}: {why}"));
     let full = if url.contains("://") { url.to_string() } else { format!("http://{url}") };
+    let (endpoint, path) = Endpoint::parse(&full).map_err(|e| bad(e.to_string()))?;
     let uri: http::Uri = full.parse().map_err(|e| bad(format!("not a URL ({e})")))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some(other) => return Err(bad(format!("{other}:// is not supported; use http://"))),
-        None => return Err(bad("no scheme".into())),
-    }
-    let authority = uri.authority().ok_or_else(|| bad("no host".into()))?;
-    let addr = format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(7470));
-    let name = Registry::new().decode_name(uri.path()).map_err(|e| bad(e.to_string()))?;
-    let mut t = Target { addr, name, mode: None, items: None, quantize: None, chunk_size: None };
+    let name = Registry::new().decode_name(&path).map_err(|e| bad(e.to_string()))?;
+    let mut t = Target { endpoint, name, mode: None, items: None, quantize: None, chunk_size: None };
     for pair in uri.query().unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         let value = percent_encoding::percent_decode_str(value)
@@ -124,8 +118,10 @@ mod tests {
     #[test]
     fn url_without_scheme_means_http() {
         let t = parse_url("127.0.0.1:9000/objects/m.safetensors").expect("parses");
-        assert_eq!((t.addr.as_str(), t.name.as_str()), ("127.0.0.1:9000", "m.safetensors"));
-        assert_eq!(parse_url("localhost/objects/a").expect("parses").addr, "localhost:7470");
+        assert_eq!((t.endpoint.addr().as_str(), t.name.as_str()), ("127.0.0.1:9000", "m.safetensors"));
+        assert!(!t.endpoint.tls);
+        assert_eq!(parse_url("localhost/objects/a").expect("parses").endpoint.addr(), "localhost:7470");
+        assert!(parse_url("https://h/objects/a").expect("parses").endpoint.tls);
     }
 
     #[test]
