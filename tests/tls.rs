@@ -1,6 +1,6 @@
 //! TLS 1.3 and mutual TLS with real certificates (made by rcgen in the
 //! test): pulls and pushes as a verified identity, the access rules of
-//! SPEC.md §8.7, per-identity bounds, and each way a handshake is refused,
+//! SPEC.md §8.9, per-identity bounds, and each way a handshake is refused,
 //! with a clear message on both sides.
 
 mod common;
@@ -116,7 +116,7 @@ async fn mutual_tls_pulls_and_pushes_as_a_verified_identity() {
     server.stop().await;
 }
 
-/// SPEC.md §8.7: outside its prefix, or from an identity no rule names, a
+/// SPEC.md §8.9: outside its prefix, or from an identity no rule names, a
 /// push is a 403 and nothing is created under the root.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_push_is_403_before_any_byte_is_written() {
@@ -292,7 +292,7 @@ async fn refuses_a_tls_client_on_a_cleartext_port() {
     server.stop().await;
 }
 
-/// SPEC.md §8.7: one identity's connections beyond its bound get 503s;
+/// SPEC.md §8.9: one identity's connections beyond its bound get 503s;
 /// another identity is not affected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_bounded_per_identity() {

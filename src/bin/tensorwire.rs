@@ -156,7 +156,7 @@ enum GetMode {
     Container,
 }
 
-/// Who may push and pull (SPEC.md §8.7).
+/// Who may push and pull (SPEC.md §8.9).
 #[derive(clap::Args)]
 struct AccessArgs {
     /// Accept pushes. Bare: from anyone (loopback, tests). With

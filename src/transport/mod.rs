@@ -7,7 +7,7 @@
 //! * Between sites: TLS 1.3 with ALPN `h2` ([`ServerTls`], [`ClientTls`],
 //!   or your own rustls configs in [`Config`]), the verified [`Peer`] of
 //!   each connection, and [`Access`] rules for who may pull and push what
-//!   (SPEC.md §8.1, §8.7).
+//!   (SPEC.md §8.1, §8.9).
 //!
 //! Both send only against flow-control capacity the peer granted
 //! (`reserve_capacity` / `poll_capacity`), so a slow receiver slows the
@@ -93,7 +93,7 @@ pub struct Config {
     /// [`ClientTls::new`]: the system roots and no client certificate.
     pub client_tls: Option<Arc<rustls::ClientConfig>>,
     /// Most connections a server holds at once per verified client
-    /// identity (SPEC.md §8.7); more are answered `503` on every request.
+    /// identity (SPEC.md §8.9); more are answered `503` on every request.
     pub max_connections_per_identity: usize,
     /// Most requests a server handles at once per verified client
     /// identity, all its connections together; more are answered `503`.

@@ -1,5 +1,5 @@
 //! [`Peer`] and [`Identity`]: who is at the other end of a connection, as
-//! far as the TLS layer verified it (SPEC.md §8.7).
+//! far as the TLS layer verified it (SPEC.md §8.9).
 
 use std::fmt;
 use std::net::SocketAddr;

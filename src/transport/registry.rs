@@ -18,7 +18,7 @@ pub type ContainerSource = Arc<dyn Fn() -> Arc<TensorMap> + Send + Sync>;
 /// Receives a pushed container object (SPEC.md §8.3): called with the
 /// object's name, the [`Peer`] that pushes it (its verified identity, over
 /// mutual TLS) and its tensors as a stream, as they arrive. It runs only
-/// after the registry's push rules allowed the push (SPEC.md §8.7). The
+/// after the registry's push rules allowed the push (SPEC.md §8.9). The
 /// push is answered `201` when the handler returns `Ok`, and fails
 /// otherwise.
 pub type PushHandler =
@@ -34,7 +34,7 @@ pub type PushHandler =
 /// Who may pull and push is set with [`Registry::allow_get`] (default:
 /// anyone) and [`Registry::allow_push`] (default: nobody — a registry is
 /// read-only until pushes are allowed), checked against each request's
-/// [`Peer`] before anything is read or written (SPEC.md §8.7).
+/// [`Peer`] before anything is read or written (SPEC.md §8.9).
 ///
 /// ```
 /// use tensorwire::transport::Registry;
@@ -160,7 +160,7 @@ impl Registry {
         &self.get
     }
 
-    /// Checks that `peer` may push object `name` (SPEC.md §8.7).
+    /// Checks that `peer` may push object `name` (SPEC.md §8.9).
     ///
     /// # Errors
     ///
@@ -169,7 +169,7 @@ impl Registry {
         authorize(&self.push, "push", peer, name)
     }
 
-    /// Checks that `peer` may pull object `name` (SPEC.md §8.7).
+    /// Checks that `peer` may pull object `name` (SPEC.md §8.9).
     ///
     /// # Errors
     ///

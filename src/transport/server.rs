@@ -29,7 +29,7 @@ use crate::Error;
 /// (SPEC.md §8.2, §8.3). Cleartext with prior knowledge (h2c), or TLS 1.3
 /// with ALPN `h2` when [`Config::server_tls`] is set; with a client CA in
 /// that config the client's verified [`Identity`] is each request's
-/// [`Peer`], which the registry's access rules check (SPEC.md §8.7).
+/// [`Peer`], which the registry's access rules check (SPEC.md §8.9).
 ///
 /// Every transfer is its own HTTP/2 stream; many share a connection. A
 /// sender sends only against the capacity the client grants, so a slow
@@ -305,7 +305,7 @@ async fn serve_peer<IO>(io: IO, peer: Peer, shared: &Arc<Shared>, stop: watch::R
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // SPEC.md §8.7: connections are bounded per verified identity.
+    // SPEC.md §8.9: connections are bounded per verified identity.
     let permit: Option<KeyedPermit> = match peer.identity() {
         Some(id) => shared.identity_connections.try_acquire(id, shared.config.max_connections_per_identity),
         None => None,
@@ -396,7 +396,7 @@ async fn handle(req: Request<RecvStream>, mut respond: SendResponse<EncodedFrame
     }
 }
 
-/// SPEC.md §8.7: requests are bounded per verified identity, across its
+/// SPEC.md §8.9: requests are bounded per verified identity, across its
 /// connections; a connection over its identity's bound gets only `503`s.
 fn bounded(shared: &Shared, conn: &Connection) -> Result<Option<KeyedPermit>, Reply> {
     let busy = |what: &str| {
@@ -453,7 +453,7 @@ async fn get(
     peer: &Peer,
 ) -> Result<StatusCode, Reply> {
     let name = shared.registry.decode_name(req.uri().path())?;
-    // SPEC.md §8.7: a pull is checked against the pull rules before the
+    // SPEC.md §8.9: a pull is checked against the pull rules before the
     // object is looked up, so a refused peer learns nothing about it.
     shared.registry.authorize_get(peer, &name)?;
     let chunk = match query(req, "chunk_size") {
@@ -590,7 +590,7 @@ async fn put(
     peer: &Peer,
 ) -> Result<StatusCode, Reply> {
     let name = shared.registry.decode_name(req.uri().path())?;
-    // SPEC.md §8.7: a push MUST be authorized before any byte of its body
+    // SPEC.md §8.9: a push MUST be authorized before any byte of its body
     // is read or anything is written.
     shared.registry.authorize_push(peer, &name)?;
     // SPEC.md §8.1: a pushed body must say what it is.
