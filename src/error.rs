@@ -105,7 +105,7 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// The peer may not do this (HTTP 403, SPEC.md §8.7).
+    /// The peer may not do this (HTTP 403, SPEC.md §8.9).
     #[error("{peer} may not {action} {name:?}")]
     Forbidden {
         /// `pull` or `push`.

@@ -80,6 +80,24 @@ async fn curl_over_mutual_tls_downloads_a_body_that_decodes() {
     assert!(!curl.status.success());
     let stderr = String::from_utf8_lossy(&curl.stderr).to_lowercase();
     assert!(stderr.contains("certificate required") || stderr.contains("alert"), "{stderr}");
+
+    // SPEC.md §8.1: over TLS only h2; a client that offers only HTTP/1.1 is refused.
+    let curl = tokio::process::Command::new("curl")
+        .args(["--silent", "--show-error", "--http1.1", "--cacert"])
+        .arg(&pki.ca)
+        .arg("--cert")
+        .arg(&site.cert)
+        .arg("--key")
+        .arg(&site.key)
+        .arg("-o")
+        .arg(src.join("nothing"))
+        .arg(&url)
+        .output()
+        .await
+        .expect("run curl");
+    assert!(!curl.status.success(), "an HTTP/1.1-only client was served");
+    let stderr = String::from_utf8_lossy(&curl.stderr).to_lowercase();
+    assert!(stderr.contains("no application protocol") || stderr.contains("alert"), "{stderr}");
     server.stop().await;
 }
 

@@ -230,7 +230,7 @@ async fn graceful_shutdown_lets_transfers_in_flight_finish() {
     server.stop().await;
 }
 
-/// SPEC.md §8.7: a root registry is read-only until pushes are allowed; the
+/// SPEC.md §8.9: a root registry is read-only until pushes are allowed; the
 /// refusal is a 403 sent before any byte is written.
 #[tokio::test]
 async fn push_to_a_read_only_root_is_forbidden_before_anything_is_written() {

@@ -1,5 +1,5 @@
 //! Who may pull and push what ([`Access`], [`AccessRule`]), and the
-//! per-identity bounds on connections and streams (SPEC.md §8.7).
+//! per-identity bounds on connections and streams (SPEC.md §8.9).
 //!
 //! The per-identity counter lives here on its own so that per-address
 //! bounds can sit beside it: both are "at most N at once for this key".

@@ -468,7 +468,7 @@ async fn serve_peer<IO>(io: IO, peer: Peer, shared: &Arc<Shared>, stop: watch::R
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // SPEC.md §8.7: connections are bounded per verified identity.
+    // SPEC.md §8.9: connections are bounded per verified identity.
     let permit: Option<KeyedPermit> = match peer.identity() {
         Some(id) => shared.identity_connections.try_acquire(id, shared.config.max_connections_per_identity),
         None => None,
@@ -780,7 +780,7 @@ fn send_reply(respond: &mut SendResponse<EncodedFrame>, reply: Reply, head_only:
     }
 }
 
-/// SPEC.md §8.7: requests are bounded per verified identity, across its
+/// SPEC.md §8.9: requests are bounded per verified identity, across its
 /// connections; a connection over its identity's bound gets only `503`s.
 fn bounded(shared: &Shared, conn: &Connection) -> Result<Option<KeyedPermit>, Reply> {
     let busy = |what: &str| {
