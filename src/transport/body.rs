@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
 
+use super::flow::Meter;
 use super::Config;
 use crate::recv::{Assembler, Event, FileSink};
 use crate::send::FORMAT_KEY;
@@ -136,6 +137,7 @@ pub struct FrameReceiver {
     idle: Duration,
     eof: bool,
     received: u64,
+    meter: Option<Arc<Meter>>,
 }
 
 impl FrameReceiver {
@@ -148,7 +150,15 @@ impl FrameReceiver {
             idle: config.idle_timeout,
             eof: false,
             received: 0,
+            meter: None,
         }
+    }
+
+    /// Reports the bytes taken to the connection's flow control, which
+    /// sizes the receive windows from them.
+    pub(crate) fn metered(mut self, meter: Arc<Meter>) -> Self {
+        self.meter = Some(meter);
+        self
     }
 
     /// Body bytes received so far.
@@ -196,6 +206,9 @@ impl FrameReceiver {
                     // The bytes are ours now (at most one DATA frame held, or
                     // one partial frame copied): the sender may send more.
                     self.body.flow_control().release_capacity(n)?;
+                    if let Some(m) = &self.meter {
+                        m.record(n);
+                    }
                 }
             }
         }

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use futures::StreamExt;
 
 use super::body::{join, receive_file, FrameReceiver, FrameSender, FrameStream, Progress, ProgressFn};
+use super::flow::{self, Meter, Windows};
 use super::server::send_all;
 use super::{object_path, Config};
 use crate::recv::ObjectRetriever;
@@ -41,6 +42,8 @@ pub struct Client {
     send: h2::client::SendRequest<EncodedFrame>,
     authority: String,
     config: Arc<Config>,
+    meter: Arc<Meter>,
+    windows: tokio::sync::watch::Receiver<Windows>,
 }
 
 /// What a completed transfer moved.
@@ -80,42 +83,80 @@ impl std::fmt::Debug for TransferOptions {
 }
 
 impl Client {
-    /// Connects over TCP (with `TCP_NODELAY`).
+    /// Connects over TCP (with `TCP_NODELAY`) and completes the HTTP/2
+    /// handshake, all within [`Config::connect_timeout`].
     ///
     /// # Errors
     ///
     /// [`Error::Io`], [`Error::Timeout`] or [`Error::Http`] when the
-    /// connection or the HTTP/2 handshake fails.
+    /// connection or the HTTP/2 handshake fails; a peer that accepts TCP but
+    /// does not answer in HTTP/2 fails with [`Error::Timeout`].
     pub async fn connect(addr: impl ToSocketAddrs, config: Config) -> Result<Self, Error> {
-        let tcp = tokio::time::timeout(config.connect_timeout, TcpStream::connect(addr))
+        let deadline = tokio::time::Instant::now() + config.connect_timeout;
+        let tcp = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
             .await
             .map_err(|_| Error::Timeout("connect"))??;
         tcp.set_nodelay(true)?;
         let authority = tcp.peer_addr()?.to_string();
-        Self::handshake(tcp, authority, config).await
+        Self::handshake_until(tcp, authority, config, deadline).await
     }
 
     /// Runs HTTP/2 over any IO (a `tokio::io::duplex` pipe in tests). The
-    /// connection is driven by a spawned task.
+    /// connection is driven by a spawned task, which also runs the adaptive
+    /// flow control and keep-alive PINGs (see [`Config::max_window`]).
+    /// Returns once the peer has answered a PING, so a peer that does not
+    /// speak HTTP/2 fails here.
     ///
     /// # Errors
     ///
-    /// [`Error::Http`] when the handshake fails.
+    /// [`Error::Http`] when the handshake fails, [`Error::Timeout`] when the
+    /// peer does not answer within [`Config::connect_timeout`].
     pub async fn handshake<IO>(io: IO, authority: impl Into<String>, config: Config) -> Result<Self, Error>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (send, conn) = h2::client::Builder::new()
+        let deadline = tokio::time::Instant::now() + config.connect_timeout;
+        Self::handshake_until(io, authority.into(), config, deadline).await
+    }
+
+    async fn handshake_until<IO>(
+        io: IO,
+        authority: String,
+        config: Config,
+        deadline: tokio::time::Instant,
+    ) -> Result<Self, Error>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let handshake = h2::client::Builder::new()
             .initial_window_size(config.stream_window)
             .initial_connection_window_size(config.connection_window)
             .max_frame_size(config.frame_size())
             .max_send_buffer_size(config.max_send_buffer)
-            .handshake::<_, EncodedFrame>(io)
-            .await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(Client { send, authority: authority.into(), config: Arc::new(config) })
+            .handshake::<_, EncodedFrame>(io);
+        let (send, mut conn) =
+            tokio::time::timeout_at(deadline, handshake).await.map_err(|_| Error::Timeout("HTTP/2 handshake"))??;
+        let ping = conn.ping_pong().ok_or(Error::Protocol("h2 connection without a PING handle"))?;
+        let flow = flow::spawn(ping, &config);
+        let (meter, dead) = (Arc::clone(&flow.meter), flow.dead.clone());
+        let (ready, windows) = (flow.ready, flow.windows.clone());
+        tokio::spawn(drive(conn, flow.windows, flow.dead));
+        match tokio::time::timeout_at(deadline, ready).await {
+            Ok(Ok(_rtt)) => Ok(Client { send, authority, config: Arc::new(config), meter, windows }),
+            // The flow task ended: the connection failed before any answer.
+            Ok(Err(_)) => Err(Error::Protocol("connection closed during the HTTP/2 handshake")),
+            Err(_) => {
+                dead.cancel();
+                Err(Error::Timeout("HTTP/2 handshake"))
+            }
+        }
+    }
+
+    /// The receive window per stream this connection advertises now: it
+    /// starts at [`Config::stream_window`] and follows the measured
+    /// bandwidth-delay product up to [`Config::max_window`].
+    pub fn receive_window(&self) -> u32 {
+        self.windows.borrow().stream
     }
 
     /// Pulls object `name` into the file `dest` (SPEC.md §8.2): written to
@@ -179,7 +220,11 @@ impl Client {
         let req = self.request(Method::GET, &path)?;
         let mut send = self.send.clone().ready().await?;
         let (response, _) = send.send_request(req, true)?;
-        let response = response.await?;
+        // The response head is progress too: no answer within the idle
+        // timeout fails the request (retryable).
+        let response = tokio::time::timeout(self.config.idle_timeout, response)
+            .await
+            .map_err(|_| Error::Timeout("response"))??;
         let (head, body) = response.into_parts();
         if head.status != StatusCode::OK {
             return Err(status_error(head.status, body, name).await);
@@ -188,7 +233,7 @@ impl Client {
         if content_type != Some(CONTENT_TYPE) {
             return Err(Error::Protocol("response is not application/vnd.tensorwire"));
         }
-        Ok(FrameReceiver::new(body, &self.config))
+        Ok(FrameReceiver::new(body, &self.config).metered(Arc::clone(&self.meter)))
     }
 
     /// Pushes the file at `path` as object `name` (SPEC.md §8.3); returns
@@ -304,6 +349,37 @@ impl Client {
             .header("tensorwire-version", "1")
             .body(())
             .map_err(|_| Error::InvalidName { name: path.to_string(), reason: "not a valid request path" })
+    }
+}
+
+/// Drives an h2 client connection: applies the windows the flow task
+/// proposes, and drops the connection when the peer is found dead.
+async fn drive<T>(
+    mut conn: h2::client::Connection<T, EncodedFrame>,
+    mut windows: tokio::sync::watch::Receiver<Windows>,
+    dead: CancellationToken,
+) where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        tokio::select! {
+            _ = &mut conn => return,
+            _ = dead.cancelled() => return,
+            changed = windows.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let w = *windows.borrow_and_update();
+                conn.set_target_window_size(w.connection);
+                if conn.set_initial_window_size(w.stream).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    tokio::select! {
+        _ = conn => {}
+        _ = dead.cancelled() => {}
     }
 }
 

@@ -23,6 +23,7 @@
 
 pub(crate) mod body;
 mod client;
+pub(crate) mod flow;
 mod registry;
 mod server;
 
@@ -30,6 +31,7 @@ use std::time::Duration;
 
 pub use body::{FrameReceiver, FrameStream, Progress, ProgressFn};
 pub use client::{Client, Transfer, TransferOptions};
+pub use flow::BdpEstimator;
 pub use registry::{ContainerSource, PushHandler, Registry};
 pub use server::{Server, ServerHandle};
 
@@ -39,9 +41,14 @@ use crate::wire::Limits;
 ///
 /// The defaults follow the measurements in `shared/reference/h2-and-anchors.md`:
 /// DATA frames of 1 MiB (h2's 16 KiB default costs one `writev` per 16 KiB),
-/// windows of a few MiB (enough for loopback and LAN; raise them to about
-/// twice the bandwidth-delay product on a WAN), a send buffer as large as the
-/// window (h2's 400 KiB default caps what is in flight), and 4 MiB chunks.
+/// initial windows of a few MiB (enough for loopback and LAN), a send buffer
+/// as large as the window (h2's 400 KiB default caps what is in flight), and
+/// 4 MiB chunks. Receive windows then grow with the measured
+/// bandwidth-delay product up to [`Config::max_window`] (128 MiB: 10 Gbit/s
+/// × 100 ms), and shrink back when the connection is idle; see
+/// [`BdpEstimator`]. What one transfer may hold in memory on the receiving
+/// side is its stream window plus one chunk, so at most `max_window` +
+/// `chunk_size`.
 ///
 /// ```
 /// use tensorwire::transport::Config;
@@ -69,7 +76,20 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Most concurrent streams a server accepts per connection.
     pub max_concurrent_streams: u32,
+    /// Largest receive window (stream and connection) the adaptive flow
+    /// control may grow to; at most `stream_window` turns growth off.
+    pub max_window: u32,
+    /// A connection with no data for this long is probed with a PING.
+    pub keepalive_interval: Duration,
+    /// A PING unanswered for this long closes the connection (its
+    /// transfers fail as retryable); also bounds the HTTP/2 handshake
+    /// together with `connect_timeout`.
+    pub keepalive_timeout: Duration,
 }
+
+/// The default [`Config::max_window`]: 128 MiB, at least the
+/// bandwidth-delay product of 10 Gbit/s × 100 ms (125 MB).
+pub const DEFAULT_MAX_WINDOW: u32 = 128 << 20;
 
 impl Default for Config {
     fn default() -> Self {
@@ -83,6 +103,9 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_concurrent_streams: 128,
+            max_window: DEFAULT_MAX_WINDOW,
+            keepalive_interval: Duration::from_secs(20),
+            keepalive_timeout: Duration::from_secs(20),
         }
     }
 }

@@ -204,6 +204,13 @@ where
         .max_concurrent_streams(c.max_concurrent_streams)
         .handshake::<_, EncodedFrame>(io)
         .await?;
+    // Adaptive receive windows for pushes, and keep-alive (flow.rs).
+    let flow = conn.ping_pong().map(|ping| super::flow::spawn(ping, c));
+    let (meter, mut windows, dead) = match flow {
+        Some(f) => (Some(f.meter), Some(f.windows), f.dead),
+        None => (None, None, tokio_util::sync::CancellationToken::new()),
+    };
+    let _stop_flow = dead.clone().drop_guard();
     let mut requests = JoinSet::new();
     let mut stopping = false;
     loop {
@@ -211,7 +218,8 @@ where
             next = conn.accept() => match next {
                 Some(Ok((req, respond))) => {
                     let shared = Arc::clone(&shared);
-                    requests.spawn(async move { handle(req, respond, &shared).await });
+                    let meter = meter.clone();
+                    requests.spawn(async move { handle(req, respond, &shared, meter).await });
                 }
                 Some(Err(e)) => {
                     if e.is_io() || e.is_go_away() { break } else { return Err(e.into()) }
@@ -222,18 +230,28 @@ where
                 stopping = true;
                 conn.graceful_shutdown();
             }
+            Some(w) = super::flow::next_windows(windows.as_mut()) => {
+                conn.set_target_window_size(w.connection);
+                let _ = conn.set_initial_window_size(w.stream);
+            }
+            _ = dead.cancelled() => break,
         }
     }
     while requests.join_next().await.is_some() {}
     Ok(())
 }
 
-async fn handle(req: Request<RecvStream>, mut respond: SendResponse<EncodedFrame>, shared: &Shared) {
+async fn handle(
+    req: Request<RecvStream>,
+    mut respond: SendResponse<EncodedFrame>,
+    shared: &Shared,
+    meter: Option<Arc<super::flow::Meter>>,
+) {
     let _active = ActiveGuard::new(&shared.active);
     shared.started.fetch_add(1, Ordering::SeqCst);
     let result = match *req.method() {
         Method::GET => get(&req, &mut respond, shared).await,
-        Method::PUT => put(req, &mut respond, shared).await,
+        Method::PUT => put(req, &mut respond, shared, meter).await,
         _ => Err(Reply::status(StatusCode::METHOD_NOT_ALLOWED, "only GET and PUT")),
     };
     if let Err(reply) = result {
@@ -411,7 +429,12 @@ pub(crate) async fn send_all(
     }
 }
 
-async fn put(req: Request<RecvStream>, respond: &mut SendResponse<EncodedFrame>, shared: &Shared) -> Result<(), Reply> {
+async fn put(
+    req: Request<RecvStream>,
+    respond: &mut SendResponse<EncodedFrame>,
+    shared: &Shared,
+    meter: Option<Arc<super::flow::Meter>>,
+) -> Result<(), Reply> {
     let name = shared.registry.decode_name(req.uri().path())?;
     // SPEC.md §8.1: a pushed body must say what it is.
     let content_type = req.headers().get("content-type").and_then(|v| v.to_str().ok());
@@ -419,6 +442,9 @@ async fn put(req: Request<RecvStream>, respond: &mut SendResponse<EncodedFrame>,
         return Err(Reply::status(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("expected {CONTENT_TYPE}")));
     }
     let mut rx = FrameReceiver::new(req.into_body(), &shared.config);
+    if let Some(m) = meter {
+        rx = rx.metered(m);
+    }
     let body = if let Some(handler) = shared.registry.push_handler() {
         handler(name.clone(), ObjectRetriever::new(rx.into_stream())).await?;
         format!(r#"{{"name":{}}}"#, serde_json::Value::from(name))

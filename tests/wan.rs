@@ -1,0 +1,57 @@
+//! Transfers through the WAN emulator (`tests/common/wan.rs`): adaptive
+//! windows, timeouts that follow progress.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::wan::{Link, WanProxy};
+use common::{bytes, TempDir, TestServer};
+use tensorwire::transport::{Client, Config, Registry};
+use tensorwire::Error;
+
+fn config() -> Config {
+    Config { stream_window: 256 << 10, connection_window: 512 << 10, ..Config::default() }
+}
+
+#[tokio::test]
+async fn handshake_with_a_silent_peer_fails_within_connect_timeout() {
+    // Accepts TCP, never says a word of HTTP/2.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let _hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let config = Config { connect_timeout: Duration::from_millis(300), ..Config::default() };
+    let started = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(10), Client::connect(addr, config)).await.expect("bounded");
+    assert!(matches!(r, Err(Error::Timeout(_))), "{r:?}");
+    assert!(r.as_ref().err().is_some_and(Error::is_retryable));
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn receive_window_grows_on_a_long_link_and_shrinks_when_idle() {
+    let dir = TempDir::new("wan-grow");
+    let data = bytes(24 << 20, 7);
+    dir.file("src/model.bin", &data);
+    let server = TestServer::start(Registry::root(dir.join("src")).expect("root"), Config::default()).await;
+    let proxy = WanProxy::start(server.addr, Link { rate: None, ..Link::new(1000, Duration::from_millis(40)) }).await;
+    let client = Client::connect(proxy.addr, config()).await.expect("connect");
+    assert_eq!(client.receive_window(), 256 << 10);
+    let got = client.get_file("model.bin", dir.join("out.bin")).await.expect("get");
+    assert_eq!(got.len, data.len() as u64);
+    assert_eq!(std::fs::read(dir.join("out.bin")).expect("read"), data);
+    // A 256 KiB window over 40 ms is 6.5 MB/s; the window was the limit and grew.
+    assert!(client.receive_window() >= 1 << 20, "window {}", client.receive_window());
+    assert!(client.receive_window() <= Config::default().max_window);
+    // Idle: back to the configured window (bounded wait).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.receive_window() != 256 << 10 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(client.receive_window(), 256 << 10);
+}
