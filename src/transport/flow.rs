@@ -16,6 +16,14 @@
 //! 3. When nothing arrives for a while, go back to the configured windows,
 //!    so an idle connection holds no large grant.
 //!
+//! Growth from samples costs a round trip per step, and a transfer over a
+//! 200 ms path would spend its first second ramping up. So the first PING
+//! (the handshake check) also primes the window: `max_window` is sized for
+//! a link rate over a 100 ms round trip (10 Gbit/s by default), and a path
+//! with round trip `rtt` starts at `max_window × rtt / 100 ms` (never below
+//! the configured window, never above the cap). On loopback and LAN the
+//! round trip is well under a millisecond and nothing changes.
+//!
 //! The estimator ([`BdpEstimator`]) is sans-IO; [`spawn`] runs it with
 //! h2's `PingPong` and hands new windows to whoever owns the h2
 //! connection (only the owner may call `set_initial_window_size`). The same
@@ -45,13 +53,17 @@ const BW_STEP: f64 = 8.0;
 const MIN_PING_GAP: Duration = Duration::from_millis(10);
 /// Most time between two measurements while data flows.
 const MAX_PING_GAP: Duration = Duration::from_secs(1);
+/// The round trip [`Config::max_window`] is sized for: a path with this
+/// round trip starts at the full cap.
+const CAP_RTT: Duration = Duration::from_millis(100);
 /// No data for this long shrinks the windows back to their initial sizes.
 const SHRINK_AFTER: Duration = Duration::from_secs(2);
 
 /// Estimates the bandwidth-delay product from PING round trips and the
 /// bytes received meanwhile, and proposes receive windows.
 ///
-/// Call order: [`BdpEstimator::handle_sample`] after each PING round trip
+/// Call order: [`BdpEstimator::handle_handshake`] with the first round
+/// trip, then [`BdpEstimator::handle_sample`] after each PING round trip
 /// with the bytes taken by consumers while it was out; apply the window it
 /// returns. [`BdpEstimator::handle_idle`] when no data arrived for a while.
 ///
@@ -66,7 +78,9 @@ const SHRINK_AFTER: Duration = Duration::from_secs(2);
 /// ```
 #[derive(Debug, Clone)]
 pub struct BdpEstimator {
-    initial: u32,
+    /// Where idle connections return: the configured window, or the
+    /// primed one.
+    base: u32,
     cap: u32,
     window: u32,
     best_bandwidth: f64,
@@ -76,7 +90,7 @@ pub struct BdpEstimator {
 impl BdpEstimator {
     /// Starts at window `initial`, never proposes more than `cap`.
     pub fn new(initial: u32, cap: u32) -> Self {
-        BdpEstimator { initial, cap: cap.max(initial), window: initial, best_bandwidth: 0.0, rtt: None }
+        BdpEstimator { base: initial, cap: cap.max(initial), window: initial, best_bandwidth: 0.0, rtt: None }
     }
 
     /// The current window.
@@ -87,6 +101,28 @@ impl BdpEstimator {
     /// The smoothed round trip, once one was measured.
     pub fn rtt(&self) -> Option<Duration> {
         self.rtt
+    }
+
+    /// Takes the connection's first round trip, before any data: returns a
+    /// primed window (`cap × rtt / 100 ms`) when that exceeds the current
+    /// one.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tensorwire::transport::BdpEstimator;
+    /// let mut bdp = BdpEstimator::new(4 << 20, 128 << 20);
+    /// assert_eq!(bdp.handle_handshake(Duration::from_millis(50)), Some(64 << 20));
+    /// let mut lan = BdpEstimator::new(4 << 20, 128 << 20);
+    /// assert_eq!(lan.handle_handshake(Duration::from_micros(200)), None);
+    /// ```
+    pub fn handle_handshake(&mut self, rtt: Duration) -> Option<u32> {
+        self.rtt = Some(rtt);
+        let primed = (u128::from(self.cap) * rtt.as_nanos() / CAP_RTT.as_nanos()).min(u128::from(self.cap)) as u32;
+        (primed > self.window).then(|| {
+            self.window = primed;
+            self.base = primed;
+            primed
+        })
     }
 
     /// Takes one measurement: `bytes` received during one PING round trip
@@ -115,13 +151,15 @@ impl BdpEstimator {
         })
     }
 
-    /// No data arrived for a while: returns the initial window when the
-    /// current one is larger.
+    /// No data arrived for a while: returns the window to go back to (the
+    /// configured one, or the primed one for this path's round trip) when
+    /// the current one is larger.
     pub fn handle_idle(&mut self) -> Option<u32> {
         self.best_bandwidth = 0.0;
-        (self.window > self.initial).then(|| {
-            self.window = self.initial;
-            self.initial
+        let base = self.base;
+        (self.window > base).then(|| {
+            self.window = base;
+            base
         })
     }
 }
@@ -215,6 +253,9 @@ impl Task {
         // The first PING proves the peer speaks HTTP/2 (the handshake
         // timeout waits on it) and gives a first round trip.
         let Some(rtt) = self.round_trip().await else { return };
+        if let Some(w) = self.bdp.handle_handshake(rtt) {
+            self.publish(self.windows_for(w));
+        }
         let _ = ready.send(rtt);
         let mut gap = MIN_PING_GAP;
         let mut idle = Duration::ZERO;
@@ -225,8 +266,8 @@ impl Task {
             };
             if !data {
                 idle += SHRINK_AFTER;
-                if self.bdp.handle_idle().is_some() {
-                    self.publish(self.initial);
+                if let Some(w) = self.bdp.handle_idle() {
+                    self.publish(self.windows_for(w));
                 }
                 if idle >= self.keepalive {
                     // SPEC.md §8.1: an idle connection is probed so a dead
@@ -245,8 +286,7 @@ impl Task {
             match self.bdp.handle_sample(bytes, rtt) {
                 Some(w) => {
                     gap = MIN_PING_GAP;
-                    let connection = w.max(self.initial.connection);
-                    self.publish(Windows { stream: w, connection });
+                    self.publish(self.windows_for(w));
                 }
                 None => {
                     // Measure less often while the estimate holds.
@@ -272,6 +312,10 @@ impl Task {
                 None
             }
         }
+    }
+
+    fn windows_for(&self, stream: u32) -> Windows {
+        Windows { stream, connection: stream.max(self.initial.connection) }
     }
 
     fn publish(&self, w: Windows) {
@@ -310,6 +354,21 @@ mod tests {
         assert_eq!(bdp.handle_sample(4 << 20, 50 * MS), Some(16 << 20));
         assert_eq!(bdp.handle_sample(16 << 20, 200 * MS), None);
         assert_eq!(bdp.window(), 16 << 20);
+    }
+
+    #[test]
+    fn idle_after_priming_returns_to_the_primed_window() {
+        let mut bdp = BdpEstimator::new(4 << 20, 100 << 20);
+        assert_eq!(bdp.handle_handshake(20 * MS), Some(20 << 20));
+        assert_eq!(bdp.handle_sample(20 << 20, 20 * MS), Some(80 << 20));
+        assert_eq!(bdp.handle_idle(), Some(20 << 20));
+        assert_eq!(bdp.handle_idle(), None);
+    }
+
+    #[test]
+    fn priming_is_capped() {
+        let mut bdp = BdpEstimator::new(4 << 20, 100 << 20);
+        assert_eq!(bdp.handle_handshake(1000 * MS), Some(100 << 20));
     }
 
     #[test]
