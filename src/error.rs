@@ -52,6 +52,9 @@ pub enum Error {
         /// The response body (truncated).
         message: String,
     },
+    /// A pull request that does not parse (SPEC.md §8.2, §8.4).
+    #[error(transparent)]
+    Request(#[from] crate::transport::RequestError),
     /// The peer did something this protocol does not allow.
     #[error("protocol violation: {0}")]
     Protocol(&'static str),

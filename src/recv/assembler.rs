@@ -1,11 +1,12 @@
 //! [`Assembler`]: sans-IO reassembly of an object's items from chunk frames.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 
 use bytes::Bytes;
 
 use super::RangeSet;
+use crate::wire::crc::Combined;
 use crate::wire::{Abort, DecodeError, Frame, FrameKind, ItemHeader, ObjectEnd, ObjectHeader};
 
 /// What the assembler tells its sink, in order.
@@ -92,6 +93,35 @@ struct Ledger {
     header: ItemHeader,
     position: u64,
     have: RangeSet,
+    /// Placed chunks: offset → (length, CRC-32), to verify the item's CRC
+    /// without its bytes, whichever streams they came from.
+    chunks: BTreeMap<u64, (u64, u32)>,
+    /// The item's CRC once verified.
+    verified: Option<u32>,
+}
+
+impl Ledger {
+    /// The CRC of the whole item from its chunks' CRCs, when they tile it
+    /// exactly.
+    fn tiled_crc(&self) -> Option<u32> {
+        let mut crc = Combined::new();
+        for (&offset, &(len, c)) in &self.chunks {
+            if offset != crc.len() {
+                return None;
+            }
+            crc.push(c, len);
+        }
+        (crc.len() == self.header.len).then(|| crc.crc())
+    }
+
+    /// Forgets every byte: the item is needed whole again.
+    fn reset(&mut self) -> u64 {
+        let had = self.have.len();
+        self.have = RangeSet::new();
+        self.chunks.clear();
+        self.verified = None;
+        had
+    }
 }
 
 impl Assembler {
@@ -113,17 +143,8 @@ impl Assembler {
         match frame {
             Frame::ObjectHeader(h) => self.events.push_back(Event::Object(h)),
             Frame::ItemHeader(h) => self.item_header(h)?,
-            Frame::Chunk(c) => self.chunk(c.item, c.offset, c.data)?,
-            Frame::ItemEnd(e) => {
-                let ledger = self.ledger(e.item, FrameKind::ItemEnd)?;
-                let len = ledger.header.len;
-                // SPEC.md §7.3: the item is complete only when every byte is placed.
-                if !ledger.have.contains(0..len) {
-                    let actual = ledger.have.len();
-                    return Err(DecodeError::ItemEndMismatch { item: e.item, field: "length", claimed: len, actual });
-                }
-                self.events.push_back(Event::ItemDone { item: e.item, len: e.len, crc: e.crc });
-            }
+            Frame::Chunk(c) => self.chunk(c.item, c.offset, c.data, c.crc)?,
+            Frame::ItemEnd(e) => self.item_end(e.item, e.len, e.crc)?,
             Frame::ObjectEnd(e) => {
                 // SPEC.md §7.4: the object is complete only when every item is.
                 if (0..self.items.len()).any(|i| !self.missing(i as u32).is_empty()) {
@@ -151,6 +172,16 @@ impl Assembler {
             Some(l) => l.have.gaps(0..l.header.len),
             None => Vec::new(),
         }
+    }
+
+    /// Items announced so far.
+    pub fn items(&self) -> u32 {
+        self.items.len() as u32
+    }
+
+    /// Whether item `item`'s CRC has been verified over everything placed.
+    pub fn is_verified(&self, item: u32) -> bool {
+        self.items.get(item as usize).is_some_and(|l| l.verified.is_some())
     }
 
     /// Bytes placed so far (each byte counted once).
@@ -188,11 +219,45 @@ impl Assembler {
         let position = self.next_position;
         self.next_position = self.next_position.saturating_add(h.len);
         self.events.push_back(Event::Item { header: h.clone(), position });
-        self.items.push(Ledger { header: h, position, have: RangeSet::new() });
+        self.items.push(Ledger { header: h, position, have: RangeSet::new(), chunks: BTreeMap::new(), verified: None });
         Ok(())
     }
 
-    fn chunk(&mut self, item: u32, offset: u64, data: Bytes) -> Result<(), DecodeError> {
+    fn item_end(&mut self, item: u32, len: u64, crc: u32) -> Result<(), DecodeError> {
+        self.ledger(item, FrameKind::ItemEnd)?;
+        let ledger = &mut self.items[item as usize];
+        let item_len = ledger.header.len;
+        // SPEC.md §7.3: the item is complete only when every byte is placed.
+        if !ledger.have.contains(0..item_len) {
+            let actual = ledger.have.len();
+            return Err(DecodeError::ItemEndMismatch { item, field: "length", claimed: item_len, actual });
+        }
+        // SPEC.md §7.3, §8.4: the CRC is checked over the assembled item,
+        // whichever streams its chunks came from. A mismatch means some
+        // placed chunk is wrong: the item is forgotten and needed whole.
+        let actual = ledger.tiled_crc();
+        if actual != Some(crc) {
+            self.received -= self.items[item as usize].reset();
+            return Err(DecodeError::ItemEndMismatch {
+                item,
+                field: "crc",
+                claimed: crc.into(),
+                actual: actual.map_or(u64::MAX, u64::from),
+            });
+        }
+        // SPEC.md §8.4: an item verified by an earlier stream must not change.
+        if ledger.verified.is_some_and(|v| v != crc) {
+            return Err(DecodeError::InconsistentItem {
+                item,
+                reason: "its CRC changed since an earlier stream".into(),
+            });
+        }
+        ledger.verified = Some(crc);
+        self.events.push_back(Event::ItemDone { item, len, crc });
+        Ok(())
+    }
+
+    fn chunk(&mut self, item: u32, offset: u64, data: Bytes, crc: u32) -> Result<(), DecodeError> {
         let Some(ledger) = self.items.get_mut(item as usize) else {
             return Err(DecodeError::ChunkWithoutItem { item, open: None });
         };
@@ -201,6 +266,19 @@ impl Assembler {
         let Some(end) = offset.checked_add(len).filter(|&e| e <= item_len) else {
             return Err(DecodeError::ChunkOutOfBounds { item, offset, len, item_len });
         };
+        // A chunk placed again at the same offset replaces the record; one
+        // that overlaps others differently leaves them out, and the item's
+        // CRC can then not be verified (it is needed again, whole).
+        let overlapped: Vec<u64> = ledger
+            .chunks
+            .range(..end)
+            .filter(|(&o, &(l, _))| o + l > offset && !(o == offset && l == len))
+            .map(|(&o, _)| o)
+            .collect();
+        for o in overlapped {
+            ledger.chunks.remove(&o);
+        }
+        ledger.chunks.insert(offset, (len, crc));
         let before = ledger.have.len();
         ledger.have.insert(offset..end);
         self.received += ledger.have.len() - before;

@@ -10,6 +10,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
 
 use super::flow::Meter;
+use super::request::Resume;
 use super::Config;
 use crate::recv::{Assembler, Event, FileSink};
 use crate::send::FORMAT_KEY;
@@ -154,6 +155,13 @@ impl FrameReceiver {
         }
     }
 
+    /// Accepts chunks that skip ranges: the answer to a resume request
+    /// (SPEC.md §7.2 rule 5, §8.4). Call before the first frame.
+    pub(crate) fn allowing_gaps(mut self, limits: crate::wire::Limits) -> Self {
+        self.dec = FrameDecoder::with_sequencer(limits, crate::wire::Sequencer::new(limits).allowing_gaps());
+        self
+    }
+
     /// Reports the bytes taken to the connection's flow control, which
     /// sizes the receive windows from them.
     pub(crate) fn metered(mut self, meter: Arc<Meter>) -> Self {
@@ -257,40 +265,96 @@ pub(crate) async fn receive_file(
     dest: &Path,
     progress: Option<&ProgressFn>,
 ) -> Result<Received, Error> {
-    let dest_owned = dest.to_path_buf();
-    let sink = Arc::new(tokio::task::spawn_blocking(move || FileSink::create(dest_owned)).await.map_err(join)??);
-    let mut asm = Assembler::new();
-    let mut safetensors = dest.extension().is_some_and(|e| e == "safetensors");
-    let mut total = None;
-    while let Some(frame) = rx.next_frame().await? {
-        asm.handle_frame(frame)?;
-        while let Some(event) = asm.poll_event() {
-            match event {
-                Event::Object(h) => {
-                    safetensors |= h.metadata.get(FORMAT_KEY).is_some_and(|f| f == "safetensors");
-                    total = h.total_len;
-                }
-                Event::Data { position, data, .. } => {
-                    let sink = Arc::clone(&sink);
-                    // Positioned writes block: run them off the runtime's threads.
-                    tokio::task::spawn_blocking(move || sink.write_at(position, &data)).await.map_err(join)??;
-                    if let Some(p) = progress {
-                        p(Progress { done: asm.received(), total });
+    FileReceive::create(dest).await?.take(rx, progress).await
+}
+
+/// One object arriving into a file, over one or more streams: the `.part`
+/// file and the assembler's ledger of verified ranges outlive a failed
+/// stream, so the next one asks only for what is missing (SPEC.md §8.4).
+/// Nothing is renamed into place before the object end was verified and
+/// every item's CRC checked over the assembled bytes.
+#[derive(Debug)]
+pub(crate) struct FileReceive {
+    sink: Option<Arc<FileSink>>,
+    asm: Assembler,
+    safetensors: bool,
+    total: Option<u64>,
+}
+
+impl FileReceive {
+    /// Creates (or truncates) `<dest>.part`.
+    pub(crate) async fn create(dest: &Path) -> Result<Self, Error> {
+        let dest_owned = dest.to_path_buf();
+        let sink = tokio::task::spawn_blocking(move || FileSink::create(dest_owned)).await.map_err(join)??;
+        Ok(FileReceive {
+            sink: Some(Arc::new(sink)),
+            asm: Assembler::new(),
+            safetensors: dest.extension().is_some_and(|e| e == "safetensors"),
+            total: None,
+        })
+    }
+
+    /// What to ask for on the next stream: `None` before any item is known
+    /// (ask for everything), else the ranges not placed yet.
+    pub(crate) fn resume(&self) -> Option<Resume> {
+        if self.asm.items() == 0 {
+            return None;
+        }
+        let mut r = Resume::default();
+        for item in 0..self.asm.items() {
+            r.need(item, self.asm.missing(item));
+        }
+        Some(r)
+    }
+
+    /// Forgets everything received (the source changed): the next stream
+    /// starts from zero.
+    pub(crate) fn restart(&mut self) {
+        self.asm = Assembler::new();
+        self.total = None;
+    }
+
+    /// Takes one stream's frames; commits the file and returns once the
+    /// object is complete.
+    pub(crate) async fn take(
+        &mut self,
+        rx: &mut FrameReceiver,
+        progress: Option<&ProgressFn>,
+    ) -> Result<Received, Error> {
+        while let Some(frame) = rx.next_frame().await? {
+            self.asm.handle_frame(frame)?;
+            while let Some(event) = self.asm.poll_event() {
+                match event {
+                    Event::Object(h) => {
+                        self.safetensors |= h.metadata.get(FORMAT_KEY).is_some_and(|f| f == "safetensors");
+                        self.total = h.total_len;
                     }
+                    Event::Data { position, data, .. } => {
+                        let sink = Arc::clone(self.sink.as_ref().ok_or(Error::Protocol("file already committed"))?);
+                        // Positioned writes block: run them off the runtime's threads.
+                        tokio::task::spawn_blocking(move || sink.write_at(position, &data)).await.map_err(join)??;
+                        if let Some(p) = progress {
+                            p(Progress { done: self.asm.received(), total: self.total });
+                        }
+                    }
+                    Event::Aborted(a) => return Err(Error::Aborted { code: a.code, message: a.message }),
+                    Event::Done(end) => {
+                        let sink = self.sink.take().ok_or(Error::Protocol("file already committed"))?;
+                        let sink = Arc::try_unwrap(sink).map_err(|_| Error::Protocol("sink still in use"))?;
+                        let safetensors = self.safetensors;
+                        tokio::task::spawn_blocking(move || sink.commit(end.len, safetensors))
+                            .await
+                            .map_err(join)??;
+                        return Ok(Received { len: end.len, items: end.items, crc: end.crc });
+                    }
+                    _ => {}
                 }
-                Event::Aborted(a) => return Err(Error::Aborted { code: a.code, message: a.message }),
-                Event::Done(end) => {
-                    let sink = Arc::try_unwrap(sink).map_err(|_| Error::Protocol("sink still in use"))?;
-                    tokio::task::spawn_blocking(move || sink.commit(end.len, safetensors)).await.map_err(join)??;
-                    return Ok(Received { len: end.len, items: end.items, crc: end.crc });
-                }
-                _ => {}
             }
         }
+        // The decoder only ends cleanly after an object end or an abort, both
+        // handled above.
+        Err(Error::Protocol("object ended without an object end"))
     }
-    // The decoder only ends cleanly after an object end or an abort, both
-    // handled above.
-    Err(Error::Protocol("object ended without an object end"))
 }
 
 pub(crate) fn join(e: tokio::task::JoinError) -> Error {

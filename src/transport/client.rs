@@ -11,13 +11,14 @@ use tokio_util::sync::CancellationToken;
 
 use futures::StreamExt;
 
-use super::body::{join, receive_file, FrameReceiver, FrameSender, FrameStream, Progress, ProgressFn};
+use super::body::{join, FileReceive, FrameReceiver, FrameSender, FrameStream, Progress, ProgressFn};
 use super::flow::{self, Meter, Windows};
+use super::request::{ObjectRequest, RESUME_HEADER};
 use super::server::send_all;
 use super::{object_path, Config};
 use crate::recv::ObjectRetriever;
 use crate::send::{ContainerStreamer, FileStreamer};
-use crate::wire::{EncodedFrame, Frame, CONTENT_TYPE};
+use crate::wire::{DecodeError, EncodedFrame, Frame, Mode, CONTENT_TYPE};
 use crate::Error;
 
 /// A client connection (cleartext HTTP/2 with prior knowledge).
@@ -39,11 +40,31 @@ use crate::Error;
 /// ```
 #[derive(Debug, Clone)]
 pub struct Client {
-    send: h2::client::SendRequest<EncodedFrame>,
+    conn: Arc<std::sync::Mutex<Arc<Conn>>>,
+    /// Held while a replacement connection is being opened.
+    reconnecting: Arc<tokio::sync::Mutex<()>>,
+    /// Where to reconnect to; `None` for a client made with
+    /// [`Client::handshake`] over IO it was given.
+    addr: Option<String>,
     authority: String,
     config: Arc<Config>,
+}
+
+/// One HTTP/2 connection and its flow-control task.
+#[derive(Debug)]
+struct Conn {
+    send: h2::client::SendRequest<EncodedFrame>,
     meter: Arc<Meter>,
     windows: tokio::sync::watch::Receiver<Windows>,
+    dead: CancellationToken,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // The last handle is gone: the flow task and the driver stop, and
+        // the connection closes.
+        self.dead.cancel();
+    }
 }
 
 /// What a completed transfer moved.
@@ -84,7 +105,9 @@ impl std::fmt::Debug for TransferOptions {
 
 impl Client {
     /// Connects over TCP (with `TCP_NODELAY`) and completes the HTTP/2
-    /// handshake, all within [`Config::connect_timeout`].
+    /// handshake, all within [`Config::connect_timeout`]. A transfer that
+    /// fails on a lost connection reconnects to the same address (see
+    /// [`Config::retries`]).
     ///
     /// # Errors
     ///
@@ -96,16 +119,17 @@ impl Client {
         let tcp = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
             .await
             .map_err(|_| Error::Timeout("connect"))??;
-        tcp.set_nodelay(true)?;
-        let authority = tcp.peer_addr()?.to_string();
-        Self::handshake_until(tcp, authority, config, deadline).await
+        let peer = tcp.peer_addr()?.to_string();
+        let conn = Self::open_tcp(tcp, &config, deadline).await?;
+        Ok(Self::with_conn(conn, Some(peer.clone()), peer, config))
     }
 
     /// Runs HTTP/2 over any IO (a `tokio::io::duplex` pipe in tests). The
     /// connection is driven by a spawned task, which also runs the adaptive
     /// flow control and keep-alive PINGs (see [`Config::max_window`]).
     /// Returns once the peer has answered a PING, so a peer that does not
-    /// speak HTTP/2 fails here.
+    /// speak HTTP/2 fails here. Such a client cannot reconnect: retries
+    /// reuse the one connection.
     ///
     /// # Errors
     ///
@@ -116,47 +140,60 @@ impl Client {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let deadline = tokio::time::Instant::now() + config.connect_timeout;
-        Self::handshake_until(io, authority.into(), config, deadline).await
+        let conn = open(io, &config, deadline).await?;
+        Ok(Self::with_conn(conn, None, authority.into(), config))
     }
 
-    async fn handshake_until<IO>(
-        io: IO,
-        authority: String,
-        config: Config,
-        deadline: tokio::time::Instant,
-    ) -> Result<Self, Error>
-    where
-        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let handshake = h2::client::Builder::new()
-            .initial_window_size(config.stream_window)
-            .initial_connection_window_size(config.connection_window)
-            .max_frame_size(config.frame_size())
-            .max_send_buffer_size(config.max_send_buffer)
-            .handshake::<_, EncodedFrame>(io);
-        let (send, mut conn) =
-            tokio::time::timeout_at(deadline, handshake).await.map_err(|_| Error::Timeout("HTTP/2 handshake"))??;
-        let ping = conn.ping_pong().ok_or(Error::Protocol("h2 connection without a PING handle"))?;
-        let flow = flow::spawn(ping, &config);
-        let (meter, dead) = (Arc::clone(&flow.meter), flow.dead.clone());
-        let (ready, windows) = (flow.ready, flow.windows.clone());
-        tokio::spawn(drive(conn, flow.windows, flow.dead));
-        match tokio::time::timeout_at(deadline, ready).await {
-            Ok(Ok(_rtt)) => Ok(Client { send, authority, config: Arc::new(config), meter, windows }),
-            // The flow task ended: the connection failed before any answer.
-            Ok(Err(_)) => Err(Error::Protocol("connection closed during the HTTP/2 handshake")),
-            Err(_) => {
-                dead.cancel();
-                Err(Error::Timeout("HTTP/2 handshake"))
-            }
+    fn with_conn(conn: Conn, addr: Option<String>, authority: String, config: Config) -> Self {
+        Client {
+            conn: Arc::new(std::sync::Mutex::new(Arc::new(conn))),
+            reconnecting: Arc::default(),
+            addr,
+            authority,
+            config: Arc::new(config),
         }
+    }
+
+    async fn open_tcp(tcp: TcpStream, config: &Config, deadline: tokio::time::Instant) -> Result<Conn, Error> {
+        tcp.set_nodelay(true)?;
+        open(tcp, config, deadline).await
+    }
+
+    /// The connection in use now.
+    fn current(&self) -> Arc<Conn> {
+        // A poisoned lock only means a panic elsewhere while swapping an Arc.
+        Arc::clone(&self.conn.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Replaces the connection `failed` with a new one to the same address,
+    /// unless another transfer already did.
+    async fn reconnect(&self, failed: &Arc<Conn>) -> Result<(), Error> {
+        let _one_at_a_time = self.reconnecting.lock().await;
+        let Some(addr) = &self.addr else { return Ok(()) };
+        if !Arc::ptr_eq(&self.current(), failed) {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + self.config.connect_timeout;
+        let tcp = tokio::time::timeout_at(deadline, TcpStream::connect(addr.as_str()))
+            .await
+            .map_err(|_| Error::Timeout("connect"))??;
+        let conn = Self::open_tcp(tcp, &self.config, deadline).await?;
+        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(conn);
+        Ok(())
+    }
+
+    /// Waits before retry `attempt` (1, 2, ...): 100 ms, doubling, at most
+    /// [`Config::retry_max_wait`].
+    async fn backoff(&self, attempt: u32) {
+        let wait = RETRY_FIRST_WAIT.saturating_mul(1 << attempt.saturating_sub(1).min(20));
+        tokio::time::sleep(wait.min(self.config.retry_max_wait)).await;
     }
 
     /// The receive window per stream this connection advertises now: it
     /// starts at [`Config::stream_window`] and follows the measured
     /// bandwidth-delay product up to [`Config::max_window`].
     pub fn receive_window(&self) -> u32 {
-        self.windows.borrow().stream
+        self.current().windows.borrow().stream
     }
 
     /// Pulls object `name` into the file `dest` (SPEC.md §8.2): written to
@@ -185,9 +222,39 @@ impl Client {
     ) -> Result<Transfer, Error> {
         let dest = dest.as_ref();
         cancellable(opts, async {
-            let mut rx = self.get(name, opts).await?;
-            let got = receive_file(&mut rx, dest, opts.progress.as_ref()).await?;
-            Ok(Transfer { len: got.len, items: got.items, crc: got.crc })
+            let mut file = FileReceive::create(dest).await?;
+            let mut attempt = 0u32;
+            loop {
+                let conn = self.current();
+                let mut req = ObjectRequest::new(name);
+                req.chunk_size = opts.chunk_size;
+                req.resume = file.resume();
+                let result = match self.request_object(&conn, &req).await {
+                    Ok(mut rx) => file.take(&mut rx, opts.progress.as_ref()).await,
+                    Err(e) => Err(e),
+                };
+                let e = match result {
+                    Ok(got) => return Ok(Transfer { len: got.len, items: got.items, crc: got.crc }),
+                    Err(e) if attempt < self.config.retries && worth_retrying(&e) => e,
+                    Err(e) => return Err(e),
+                };
+                attempt += 1;
+                if matches!(e, Error::Decode(DecodeError::InconsistentItem { .. })) {
+                    // SPEC.md §8.4: the source changed under a resume: start over.
+                    file.restart();
+                }
+                self.backoff(attempt).await;
+                if needs_new_connection(&e) {
+                    // A failed reconnect is one more failed attempt.
+                    while let Err(r) = self.reconnect(&conn).await {
+                        if attempt >= self.config.retries || !worth_retrying(&r) {
+                            return Err(r);
+                        }
+                        attempt += 1;
+                        self.backoff(attempt).await;
+                    }
+                }
+            }
         })
         .await
     }
@@ -199,27 +266,38 @@ impl Client {
     ///
     /// As [`Client::get_file`], for the request and the response head.
     pub async fn get(&self, name: &str, opts: &TransferOptions) -> Result<FrameReceiver, Error> {
-        self.request_object(name, &[], opts).await
+        let mut req = ObjectRequest::new(name);
+        req.chunk_size = opts.chunk_size;
+        self.get_request(&req).await
     }
 
-    async fn request_object(
-        &self,
-        name: &str,
-        query: &[String],
-        opts: &TransferOptions,
-    ) -> Result<FrameReceiver, Error> {
-        let mut query = query.to_vec();
-        if let Some(chunk) = opts.chunk_size {
-            query.push(format!("chunk_size={chunk}"));
-        }
-        let mut path = object_path(name);
+    /// Sends a pull request built by hand (options, resume ranges) and
+    /// returns the frames of the answer. With [`ObjectRequest::resume`] set,
+    /// the frames skip what is not needed and the decoder allows the gaps
+    /// (SPEC.md §8.4); the caller checks the assembled items' CRCs (an
+    /// [`Assembler`](crate::recv::Assembler) does).
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::get`].
+    pub async fn get_request(&self, req: &ObjectRequest) -> Result<FrameReceiver, Error> {
+        self.request_object(&self.current(), req).await
+    }
+
+    async fn request_object(&self, conn: &Conn, req: &ObjectRequest) -> Result<FrameReceiver, Error> {
+        let mut path = object_path(&req.name);
+        let query = req.to_query();
         if !query.is_empty() {
             path.push('?');
-            path.push_str(&query.join("&"));
+            path.push_str(&query);
         }
-        let req = self.request(Method::GET, &path)?;
-        let mut send = self.send.clone().ready().await?;
-        let (response, _) = send.send_request(req, true)?;
+        let mut request = self.request(Method::GET, &path)?;
+        if let Some(resume) = req.resume_header() {
+            let value = http::HeaderValue::from_str(&resume).map_err(|_| Error::Protocol("resume header"))?;
+            request.headers_mut().insert(RESUME_HEADER, value);
+        }
+        let mut send = conn.send.clone().ready().await?;
+        let (response, _) = send.send_request(request, true)?;
         // The response head is progress too: no answer within the idle
         // timeout fails the request (retryable).
         let response = tokio::time::timeout(self.config.idle_timeout, response)
@@ -227,13 +305,14 @@ impl Client {
             .map_err(|_| Error::Timeout("response"))??;
         let (head, body) = response.into_parts();
         if head.status != StatusCode::OK {
-            return Err(status_error(head.status, body, name).await);
+            return Err(status_error(head.status, body, &req.name).await);
         }
         let content_type = head.headers.get("content-type").and_then(|v| v.to_str().ok());
         if content_type != Some(CONTENT_TYPE) {
             return Err(Error::Protocol("response is not application/vnd.tensorwire"));
         }
-        Ok(FrameReceiver::new(body, &self.config).metered(Arc::clone(&self.meter)))
+        let rx = FrameReceiver::new(body, &self.config).metered(Arc::clone(&conn.meter));
+        Ok(if req.resume.is_some() { rx.allowing_gaps(self.config.limits) } else { rx })
     }
 
     /// Pushes the file at `path` as object `name` (SPEC.md §8.3); returns
@@ -292,16 +371,12 @@ impl Client {
         items: Option<&[String]>,
         opts: &TransferOptions,
     ) -> Result<ObjectRetriever<FrameStream>, Error> {
-        let mut query = vec!["mode=container".to_string()];
-        if let Some(scheme) = opts.quantize {
-            query.push(format!("quantize={scheme}"));
-        }
-        if let Some(items) = items {
-            let encoded: Vec<String> =
-                items.iter().map(|n| percent_encoding::utf8_percent_encode(n, QUERY_VALUE).to_string()).collect();
-            query.push(format!("items={}", encoded.join(",")));
-        }
-        let rx = self.request_object(name, &query, opts).await?;
+        let mut req = ObjectRequest::new(name);
+        req.mode = Some(Mode::Container);
+        req.quantize = opts.quantize;
+        req.items = items.map(<[String]>::to_vec);
+        req.chunk_size = opts.chunk_size;
+        let rx = self.get_request(&req).await?;
         Ok(ObjectRetriever::new(rx.into_stream()))
     }
 
@@ -315,7 +390,7 @@ impl Client {
         cancellable(opts, async {
             let mut req = self.request(Method::PUT, &object_path(name))?;
             req.headers_mut().insert("content-type", http::HeaderValue::from_static(CONTENT_TYPE));
-            let mut send = self.send.clone().ready().await?;
+            let mut send = self.current().send.clone().ready().await?;
             let (response, stream) = send.send_request(req, false)?;
             let mut tx = FrameSender::new(stream, &self.config);
             let progress = opts.progress.clone();
@@ -352,6 +427,53 @@ impl Client {
     }
 }
 
+/// The first wait between retries; it doubles each time.
+const RETRY_FIRST_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Whether a failed pull is worth asking again: the connection or the
+/// stream failed, nothing arrived in time, or the bytes arrived damaged (a
+/// decode error: what was verified is kept, the rest is asked for again).
+fn worth_retrying(e: &Error) -> bool {
+    e.is_retryable() || matches!(e, Error::Decode(_))
+}
+
+/// Whether the connection itself should be replaced before retrying.
+fn needs_new_connection(e: &Error) -> bool {
+    !matches!(e, Error::Decode(_) | Error::Aborted { .. } | Error::Status { .. })
+}
+
+/// Opens HTTP/2 over `io`: handshake, flow-control task, driver; returns
+/// once the peer answered a PING, or fails at `deadline`.
+async fn open<IO>(io: IO, config: &Config, deadline: tokio::time::Instant) -> Result<Conn, Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let handshake = h2::client::Builder::new()
+        .initial_window_size(config.stream_window)
+        .initial_connection_window_size(config.connection_window)
+        .max_frame_size(config.frame_size())
+        .max_send_buffer_size(config.max_send_buffer)
+        .handshake::<_, EncodedFrame>(io);
+    let (send, mut conn) =
+        tokio::time::timeout_at(deadline, handshake).await.map_err(|_| Error::Timeout("HTTP/2 handshake"))??;
+    let ping = conn.ping_pong().ok_or(Error::Protocol("h2 connection without a PING handle"))?;
+    let flow = flow::spawn(ping, config);
+    let (meter, dead, windows) = (Arc::clone(&flow.meter), flow.dead.clone(), flow.windows.clone());
+    tokio::spawn(drive(conn, flow.windows, flow.dead));
+    match tokio::time::timeout_at(deadline, flow.ready).await {
+        Ok(Ok(_rtt)) => Ok(Conn { send, meter, windows, dead }),
+        // The flow task ended: the connection failed before any answer.
+        Ok(Err(_)) => {
+            dead.cancel();
+            Err(Error::Protocol("connection closed during the HTTP/2 handshake"))
+        }
+        Err(_) => {
+            dead.cancel();
+            Err(Error::Timeout("HTTP/2 handshake"))
+        }
+    }
+}
+
 /// Drives an h2 client connection: applies the windows the flow task
 /// proposes, and drops the connection when the peer is found dead.
 async fn drive<T>(
@@ -382,10 +504,6 @@ async fn drive<T>(
         _ = dead.cancelled() => {}
     }
 }
-
-/// Characters escaped in a query value: everything but unreserved ones.
-const QUERY_VALUE: &percent_encoding::AsciiSet =
-    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// Runs `fut` unless the options' token is cancelled first; dropping `fut`
 /// drops its streams, which resets them with `CANCEL`.

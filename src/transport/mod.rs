@@ -25,6 +25,7 @@ pub(crate) mod body;
 mod client;
 pub(crate) mod flow;
 mod registry;
+mod request;
 mod server;
 
 use std::time::Duration;
@@ -33,6 +34,7 @@ pub use body::{FrameReceiver, FrameStream, Progress, ProgressFn};
 pub use client::{Client, Transfer, TransferOptions};
 pub use flow::BdpEstimator;
 pub use registry::{ContainerSource, PushHandler, Registry};
+pub use request::{ObjectRequest, RequestError, Resume, MAX_RESUME_RANGES, RESUME_HEADER};
 pub use server::{Server, ServerHandle};
 
 use crate::wire::Limits;
@@ -85,6 +87,14 @@ pub struct Config {
     /// transfers fail as retryable); also bounds the HTTP/2 handshake
     /// together with `connect_timeout`.
     pub keepalive_timeout: Duration,
+    /// How often a client asks again after a pull failed on a lost or
+    /// stalled connection or on damaged bytes (reconnecting when the
+    /// connection is gone, resuming from what it verified; SPEC.md §8.4).
+    /// 0 fails at the first error.
+    pub retries: u32,
+    /// Longest wait between two attempts (the waits start at 100 ms and
+    /// double).
+    pub retry_max_wait: Duration,
 }
 
 /// The default [`Config::max_window`]: 128 MiB, at least the
@@ -106,6 +116,8 @@ impl Default for Config {
             max_window: DEFAULT_MAX_WINDOW,
             keepalive_interval: Duration::from_secs(20),
             keepalive_timeout: Duration::from_secs(20),
+            retries: 5,
+            retry_max_wait: Duration::from_secs(30),
         }
     }
 }

@@ -17,9 +17,10 @@ use super::body::{join, receive_file, FrameReceiver, FrameSender};
 use super::{Config, Registry};
 use futures::StreamExt;
 
+use super::{ObjectRequest, RESUME_HEADER};
 use crate::recv::ObjectRetriever;
 use crate::send::{ContainerStreamer, FileStreamer};
-use crate::wire::{Abort, AbortCode, EncodedFrame, Frame, CONTENT_TYPE};
+use crate::wire::{Abort, AbortCode, EncodedFrame, Frame, Mode, CONTENT_TYPE};
 use crate::Error;
 
 /// An HTTP/2 server (cleartext, prior knowledge) for the objects of a
@@ -281,7 +282,7 @@ impl Reply {
 impl From<Error> for Reply {
     fn from(e: Error) -> Self {
         let status = match &e {
-            Error::InvalidName { .. } => StatusCode::BAD_REQUEST,
+            Error::InvalidName { .. } | Error::Request(_) => StatusCode::BAD_REQUEST,
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
             Error::Tensor { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Safetensors(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -292,58 +293,59 @@ impl From<Error> for Reply {
     }
 }
 
-fn query<'a>(req: &'a Request<RecvStream>, key: &str) -> Option<&'a str> {
-    req.uri().query()?.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-}
-
 async fn get(
     req: &Request<RecvStream>,
     respond: &mut SendResponse<EncodedFrame>,
     shared: &Shared,
 ) -> Result<(), Reply> {
     let name = shared.registry.decode_name(req.uri().path())?;
-    let chunk = match query(req, "chunk_size") {
-        Some(v) => v.parse::<u32>().map_err(|_| Reply::status(StatusCode::BAD_REQUEST, "bad chunk_size"))?,
-        None => shared.config.chunk_size,
+    let resume = match req.headers().get(RESUME_HEADER) {
+        Some(v) => Some(v.to_str().map_err(|_| Reply::status(StatusCode::BAD_REQUEST, "bad tensorwire-resume"))?),
+        None => None,
     };
+    let request = ObjectRequest::from_query(name, req.uri().query()).and_then(|r| r.with_resume_header(resume));
+    let ObjectRequest { name, mode, items, quantize, chunk_size, resume } = request.map_err(Error::from)?;
+    let chunk = chunk_size.unwrap_or(shared.config.chunk_size);
     let chunk = chunk.clamp(1, shared.config.limits.max_payload.min(crate::wire::Limits::DEFAULT_MAX_PAYLOAD)) as usize;
-    let items = match query(req, "items") {
-        Some(list) => Some(decode_list(list)?),
-        None => None,
-    };
-    let quantize = match query(req, "quantize") {
-        Some(q) => Some(
-            crate::quant::Scheme::parse(q)
-                .ok_or_else(|| Reply::status(StatusCode::BAD_REQUEST, format!("unknown quantization scheme {q:?}")))?,
-        ),
-        None => None,
-    };
     let container = shared.registry.container(&name);
-    let mode = query(req, "mode").unwrap_or(if container.is_some() { "container" } else { "file" });
-    let (frames, len, count): (futures::stream::BoxStream<'static, Result<Frame, Error>>, Option<u64>, Option<u64>) =
-        match (mode, container) {
-            ("container", Some(model)) => {
-                container_frames(ContainerStreamer::from_map(name, model), chunk, items, quantize)?
-            }
-            ("container", None) => {
-                let path = shared.registry.resolve(&name)?;
-                let streamer = blocking(move || ContainerStreamer::open_safetensors(path)).await?.with_name(name);
-                container_frames(streamer, chunk, items, quantize)?
-            }
-            ("file", None) if items.is_none() && quantize.is_none() => {
-                let path = shared.registry.resolve(&name)?;
-                let streamer = blocking(move || FileStreamer::open(path)).await?;
-                let streamer = streamer.with_name(name).with_chunk_size(chunk);
-                let len = streamer.len();
-                (futures::stream::iter(streamer.frames()).boxed(), Some(len), Some(1))
-            }
-            _ => {
-                return Err(Reply::status(
-                    StatusCode::BAD_REQUEST,
-                    format!("mode {mode:?} with these options is not served for this object"),
-                ))
-            }
-        };
+    let mode = mode.unwrap_or(if container.is_some() { Mode::Container } else { Mode::File });
+    let (frames, len, count): (Frames, Option<u64>, Option<u64>) = match (mode, container) {
+        (Mode::Container, Some(model)) => {
+            container_frames(ContainerStreamer::from_map(name, model), chunk, items, quantize)?
+        }
+        (Mode::Container, None) => {
+            let path = shared.registry.resolve(&name)?;
+            let streamer = blocking(move || ContainerStreamer::open_safetensors(path)).await?.with_name(name);
+            container_frames(streamer, chunk, items, quantize)?
+        }
+        (Mode::File, None) if items.is_none() && quantize.is_none() => {
+            let path = shared.registry.resolve(&name)?;
+            let streamer = blocking(move || FileStreamer::open(path)).await?;
+            let streamer = streamer.with_name(name).with_chunk_size(chunk);
+            let len = streamer.len();
+            (futures::stream::iter(streamer.frames()).boxed(), Some(len), Some(1))
+        }
+        _ => {
+            return Err(Reply::status(
+                StatusCode::BAD_REQUEST,
+                format!("mode {:?} with these options is not served for this object", mode.as_str()),
+            ))
+        }
+    };
+    // SPEC.md §8.4: resuming, the sender leaves out the chunks of which the
+    // receiver needs nothing; every other frame goes as usual.
+    let frames = match resume {
+        Some(resume) => frames
+            .filter(move |f| {
+                let keep = match f {
+                    Ok(Frame::Chunk(c)) => resume.wants(c.item, c.offset..c.offset + c.data.len() as u64),
+                    _ => true,
+                };
+                std::future::ready(keep)
+            })
+            .boxed(),
+        None => frames,
+    };
     let mut resp = Response::builder()
         .status(StatusCode::OK)
         .header("content-type", CONTENT_TYPE)
@@ -379,18 +381,6 @@ fn container_frames(
     }
     let header = streamer.object_header();
     Ok((streamer.frames().boxed(), header.total_len, header.items))
-}
-
-/// A comma-separated list of percent-encoded names.
-fn decode_list(list: &str) -> Result<Vec<String>, Reply> {
-    list.split(',')
-        .map(|n| {
-            percent_encoding::percent_decode_str(n)
-                .decode_utf8()
-                .map(|s| s.into_owned())
-                .map_err(|_| Reply::status(StatusCode::BAD_REQUEST, "item names must be UTF-8"))
-        })
-        .collect()
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
