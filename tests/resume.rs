@@ -148,3 +148,16 @@ async fn without_retries_a_cut_fails_and_leaves_nothing() {
     assert!(!dest.exists());
     assert!(!s.dir.join("out.bin.part").exists());
 }
+
+#[tokio::test]
+async fn push_cut_midway_is_sent_again_and_stored_whole() {
+    let s = setup("push").await;
+    let src = s.dir.join("src/model.bin");
+    s.proxy.plan(vec![Fault::Cut { dir: Dir::Up, at: LEN as u64 / 2 }]);
+    let before = s.proxy.connections();
+    let client = Client::connect(s.proxy.addr, config()).await.expect("connect");
+    let got = client.put_file(&src, "pushed.bin").await.expect("put after a cut");
+    assert_eq!(got.len, LEN as u64);
+    assert!(std::fs::read(s.dir.join("src/pushed.bin")).expect("stored") == s.data);
+    assert_eq!(s.proxy.connections() - before, 2);
+}

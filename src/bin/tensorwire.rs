@@ -67,6 +67,8 @@ enum Command {
         quantize: Option<tensorwire::quant::Scheme>,
         #[command(flatten)]
         tuning: Tuning,
+        #[command(flatten)]
+        retry: Retry,
     },
     /// Push a file as an object.
     Put {
@@ -76,6 +78,8 @@ enum Command {
         url: String,
         #[command(flatten)]
         tuning: Tuning,
+        #[command(flatten)]
+        retry: Retry,
     },
     /// Summarize a safetensors file: tensors, dtypes, shapes, bytes.
     Inspect {
@@ -175,6 +179,28 @@ impl Tuning {
     }
 }
 
+/// What to do when a connection is cut, stalls or delivers damaged bytes.
+#[derive(clap::Args)]
+struct Retry {
+    /// Attempts after the first: a pull reconnects and resumes from what it
+    /// verified (SPEC.md §8.4); a push starts over. 0 fails at once.
+    #[arg(long, default_value_t = Config::default().retries)]
+    retries: u32,
+    /// Longest wait between attempts, seconds (waits start at 0.1 s and
+    /// double).
+    #[arg(long, default_value_t = Config::default().retry_max_wait.as_secs_f64())]
+    retry_max_wait: f64,
+}
+
+impl Retry {
+    fn apply(&self, mut c: Config) -> Result<Config, BoxError> {
+        c.retries = self.retries;
+        c.retry_max_wait = std::time::Duration::try_from_secs_f64(self.retry_max_wait)
+            .map_err(|_| "--retry-max-wait must be a number of seconds, 0 or more")?;
+        Ok(c)
+    }
+}
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// mimalloc rather than glibc's malloc. Receiving over HTTP/2 allocates a
@@ -228,10 +254,10 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> Result<(), BoxError> {
     match command {
         Command::Serve { root, addr, read_only, tuning } => serve(root, addr, read_only, tuning.config()).await,
-        Command::Get { url, output, mode, items, quantize, tuning } => {
-            get(&url, output, mode, items, quantize, tuning).await
+        Command::Get { url, output, mode, items, quantize, tuning, retry } => {
+            get(&url, output, mode, items, quantize, &tuning, retry.apply(tuning.config())?).await
         }
-        Command::Put { file, url, tuning } => put(file, &url, tuning).await,
+        Command::Put { file, url, tuning, retry } => put(file, &url, retry.apply(tuning.config())?).await,
         Command::Inspect { file } => inspect(file),
         Command::Bench { what: BenchWhat::Memory { shape, dir, json, verify, modes } } => {
             bench_memory(&shape, dir, json, verify, modes, false)
@@ -308,10 +334,11 @@ async fn get(
     mode: GetMode,
     items: Option<Vec<String>>,
     quantize: Option<tensorwire::quant::Scheme>,
-    tuning: Tuning,
+    tuning: &Tuning,
+    config: Config,
 ) -> Result<(), BoxError> {
     let (addr, name) = parse_url(url)?;
-    let client = Client::connect(&addr, tuning.config()).await.map_err(|e| format!("{addr}: {e}"))?;
+    let client = Client::connect(&addr, config).await.map_err(|e| format!("{addr}: {e}"))?;
     let (mut opts, bar) = options(&name);
     opts.chunk_size = tuning.chunk_size;
     opts.quantize = quantize;
@@ -341,9 +368,9 @@ async fn get(
     Ok(())
 }
 
-async fn put(file: PathBuf, url: &str, tuning: Tuning) -> Result<(), BoxError> {
+async fn put(file: PathBuf, url: &str, config: Config) -> Result<(), BoxError> {
     let (addr, name) = parse_url(url)?;
-    let client = Client::connect(&addr, tuning.config()).await.map_err(|e| format!("{addr}: {e}"))?;
+    let client = Client::connect(&addr, config).await.map_err(|e| format!("{addr}: {e}"))?;
     let (opts, bar) = options(&name);
     let started = std::time::Instant::now();
     let result = client.put_file_with(&file, &name, &opts).await;

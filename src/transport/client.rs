@@ -316,7 +316,9 @@ impl Client {
     }
 
     /// Pushes the file at `path` as object `name` (SPEC.md §8.3); returns
-    /// once the server has verified and stored it.
+    /// once the server has verified and stored it. A push that fails on a
+    /// lost connection is sent again from the start, up to
+    /// [`Config::retries`] times.
     ///
     /// # Errors
     ///
@@ -339,10 +341,25 @@ impl Client {
         opts: &TransferOptions,
     ) -> Result<Transfer, Error> {
         let path = path.as_ref().to_path_buf();
-        let streamer = tokio::task::spawn_blocking(move || FileStreamer::open(path)).await.map_err(join)??;
-        let streamer = streamer.with_name(name).with_chunk_size(self.config.chunk_size as usize);
-        let total = streamer.len();
-        self.push(name, futures::stream::iter(streamer.frames()), Some(total), opts).await
+        let mut attempt = 0u32;
+        loop {
+            let conn = self.current();
+            let p = path.clone();
+            let streamer = tokio::task::spawn_blocking(move || FileStreamer::open(p)).await.map_err(join)??;
+            let streamer = streamer.with_name(name).with_chunk_size(self.config.chunk_size as usize);
+            let total = streamer.len();
+            let e = match self.push(name, futures::stream::iter(streamer.frames()), Some(total), opts).await {
+                Ok(t) => return Ok(t),
+                // A push starts over: the server keeps no partial upload.
+                Err(e) if attempt < self.config.retries && e.is_retryable() => e,
+                Err(e) => return Err(e),
+            };
+            attempt += 1;
+            self.backoff(attempt).await;
+            if needs_new_connection(&e) {
+                self.reconnect(&conn).await?;
+            }
+        }
     }
 
     /// Pushes a container (SPEC.md §8.3): its tensors go out one at a time as
