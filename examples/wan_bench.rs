@@ -220,7 +220,7 @@ async fn get_tw(addr: &str, mode: &str, sink: &str) -> Result<(f64, u64), BoxErr
                 quantize: (mode == "nf4").then(|| tensorwire::quant::Scheme::parse("nf4")).flatten(),
                 ..TransferOptions::default()
             };
-            client.retrieve(NAME, None, &opts).await?.write_safetensors(sink).await?
+            client.get_container_file(NAME, None, sink, &opts).await?
         }
         other => return Err(format!("unknown mode {other}").into()),
     };

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::wan::{Dir, Fault, Link, WanProxy};
 use common::{bytes, TempDir, TestServer};
-use tensorwire::transport::{Client, Config, Registry};
+use tensorwire::transport::{Client, Config, Registry, TransferOptions};
 
 const LEN: usize = 2 << 20;
 const CHUNK: u32 = 64 << 10;
@@ -160,4 +160,64 @@ async fn push_cut_midway_is_sent_again_and_stored_whole() {
     assert_eq!(got.len, LEN as u64);
     assert!(std::fs::read(s.dir.join("src/pushed.bin")).expect("stored") == s.data);
     assert_eq!(s.proxy.connections() - before, 2);
+}
+
+/// A safetensors model of four fp32 tensors, 2 MiB in all.
+fn model() -> Vec<u8> {
+    let blobs: Vec<Vec<u8>> = (0..4).map(|i| bytes(512 << 10, 100 + i)).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = blobs
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![128, 1024], b).expect("view");
+            (format!("layer{i}.weight"), v)
+        })
+        .collect();
+    safetensors::serialize(views, None).expect("serialize")
+}
+
+async fn container_cuts(tag: &str, quantize: Option<&str>, cuts: usize) {
+    let dir = TempDir::new(tag);
+    dir.file("src/model.safetensors", &model());
+    let server = TestServer::start(Registry::root(dir.join("src")).expect("root"), config()).await;
+    let proxy = WanProxy::start(server.addr, Link::loopback()).await;
+    let opts = TransferOptions {
+        quantize: quantize.map(|q| tensorwire::quant::Scheme::parse(q).expect("scheme")),
+        ..TransferOptions::default()
+    };
+    let before = proxy.down_bytes();
+    let client = Client::connect(proxy.addr, config()).await.expect("connect");
+    let handshake = proxy.down_bytes() - before;
+    let clean_path = dir.join("clean.safetensors");
+    client.get_container_file("model.safetensors", None, &clean_path, &opts).await.expect("clean pull");
+    let clean = proxy.down_bytes() - before;
+    let expected = std::fs::read(&clean_path).expect("read clean");
+    safetensors::SafeTensors::deserialize(&expected).expect("a valid safetensors file");
+    let mut rng = Rng(0xC0A7 + cuts as u64);
+    let dest = dir.join("out.safetensors");
+    for _ in 0..cuts {
+        let at = handshake + 1 + rng.below(clean - handshake - 1);
+        proxy.plan(vec![Fault::Cut { dir: Dir::Down, at }]);
+        let before = (proxy.down_bytes(), proxy.connections());
+        let client = Client::connect(proxy.addr, config()).await.expect("connect");
+        let len = client
+            .get_container_file("model.safetensors", None, &dest, &opts)
+            .await
+            .unwrap_or_else(|e| panic!("cut at {at}: {e}"));
+        assert_eq!(len, expected.len() as u64);
+        assert!(std::fs::read(&dest).expect("read") == expected, "cut at {at}: bytes differ");
+        assert!(proxy.connections() - before.1 >= 2, "cut at {at} did not reconnect");
+        let resent = (proxy.down_bytes() - before.0).saturating_sub(clean);
+        assert!(resent <= u64::from(WINDOW + CHUNK) + (16 << 10), "cut at {at}: {resent} bytes sent again");
+    }
+}
+
+#[tokio::test]
+async fn hundred_cuts_in_container_mode_each_resume_to_identical_bytes() {
+    container_cuts("ctr-cuts", None, 100).await;
+}
+
+#[tokio::test]
+async fn cuts_of_a_quantized_container_pull_resume_to_identical_bytes() {
+    container_cuts("nf4-cuts", Some("nf4"), 20).await;
 }

@@ -349,15 +349,7 @@ async fn get(
         }
         GetMode::File => client.get_file_with(&name, &output, &opts).await.map(|got| got.len).map_err(BoxError::from),
         GetMode::Container => {
-            let cancel = opts.cancel.clone().unwrap_or_default();
-            let work = async {
-                let retriever = client.retrieve(&name, items.as_deref(), &opts).await?;
-                retriever.write_safetensors(&output).await
-            };
-            tokio::select! {
-                r = work => r.map_err(BoxError::from),
-                _ = cancel.cancelled() => Err("cancelled".into()),
-            }
+            client.get_container_file(&name, items.as_deref(), &output, &opts).await.map_err(BoxError::from)
         }
     };
     if let Some(bar) = bar {

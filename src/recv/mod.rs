@@ -7,11 +7,13 @@
 #![forbid(unsafe_code)]
 
 mod assembler;
+mod container_file;
 mod file;
 mod ranges;
 mod retriever;
 
 pub use assembler::{Assembler, Event};
+pub use container_file::ContainerFile;
 pub use file::{validate_safetensors, FileSink};
 pub use ranges::RangeSet;
 pub use retriever::ObjectRetriever;

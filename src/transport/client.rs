@@ -13,10 +13,10 @@ use futures::StreamExt;
 
 use super::body::{join, FileReceive, FrameReceiver, FrameSender, FrameStream, Progress, ProgressFn};
 use super::flow::{self, Meter, Windows};
-use super::request::{ObjectRequest, RESUME_HEADER};
+use super::request::{ObjectRequest, Resume, RESUME_HEADER};
 use super::server::send_all;
 use super::{object_path, Config};
-use crate::recv::ObjectRetriever;
+use crate::recv::{ContainerFile, ObjectRetriever};
 use crate::send::{ContainerStreamer, FileStreamer};
 use crate::wire::{DecodeError, EncodedFrame, Frame, Mode, CONTENT_TYPE};
 use crate::Error;
@@ -223,40 +223,74 @@ impl Client {
         let dest = dest.as_ref();
         cancellable(opts, async {
             let mut file = FileReceive::create(dest).await?;
-            let mut attempt = 0u32;
-            loop {
-                let conn = self.current();
-                let mut req = ObjectRequest::new(name);
-                req.chunk_size = opts.chunk_size;
-                req.resume = file.resume();
-                let result = match self.request_object(&conn, &req).await {
-                    Ok(mut rx) => file.take(&mut rx, opts.progress.as_ref()).await,
-                    Err(e) => Err(e),
-                };
-                let e = match result {
-                    Ok(got) => return Ok(Transfer { len: got.len, items: got.items, crc: got.crc }),
-                    Err(e) if attempt < self.config.retries && worth_retrying(&e) => e,
-                    Err(e) => return Err(e),
-                };
-                attempt += 1;
-                if matches!(e, Error::Decode(DecodeError::InconsistentItem { .. })) {
-                    // SPEC.md §8.4: the source changed under a resume: start over.
-                    file.restart();
-                }
-                self.backoff(attempt).await;
-                if needs_new_connection(&e) {
-                    // A failed reconnect is one more failed attempt.
-                    while let Err(r) = self.reconnect(&conn).await {
-                        if attempt >= self.config.retries || !worth_retrying(&r) {
-                            return Err(r);
-                        }
-                        attempt += 1;
-                        self.backoff(attempt).await;
-                    }
-                }
-            }
+            let mut req = ObjectRequest::new(name);
+            req.chunk_size = opts.chunk_size;
+            let got = self.pull(req, &mut file, opts).await?;
+            Ok(Transfer { len: got.len, items: got.items, crc: got.crc })
         })
         .await
+    }
+
+    /// Pulls a container object into a safetensors file `dest`, tensor by
+    /// tensor (SPEC.md §8.2, `mode=container`): `items` selects tensors,
+    /// [`TransferOptions::quantize`] has the server quantize them (restored
+    /// here). Like [`Client::get_file`], it reconnects and resumes after a
+    /// cut, up to [`Config::retries`] times, and renames the file into place
+    /// only when the whole object is verified. Returns the file's length.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::get_file`].
+    pub async fn get_container_file(
+        &self,
+        name: &str,
+        items: Option<&[String]>,
+        dest: impl AsRef<Path>,
+        opts: &TransferOptions,
+    ) -> Result<u64, Error> {
+        let mut file = ContainerFile::new(dest);
+        cancellable(opts, self.pull(self.container_request(name, items, opts), &mut file, opts)).await
+    }
+
+    /// Runs a pull to completion: on a failure worth retrying, waits, gets a
+    /// new connection if the old one is gone, and asks again for what `recv`
+    /// still needs (SPEC.md §8.4).
+    async fn pull<R: Resumable>(
+        &self,
+        mut req: ObjectRequest,
+        recv: &mut R,
+        opts: &TransferOptions,
+    ) -> Result<R::Output, Error> {
+        let mut attempt = 0u32;
+        loop {
+            let conn = self.current();
+            req.resume = recv.resume();
+            let result = match self.request_object(&conn, &req).await {
+                Ok(rx) => recv.take(rx, opts.progress.as_ref()).await,
+                Err(e) => Err(e),
+            };
+            let e = match result {
+                Ok(out) => return Ok(out),
+                Err(e) if attempt < self.config.retries && worth_retrying(&e) => e,
+                Err(e) => return Err(e),
+            };
+            attempt += 1;
+            if matches!(e, Error::Decode(DecodeError::InconsistentItem { .. })) {
+                // SPEC.md §8.4: the source changed under a resume: start over.
+                recv.restart();
+            }
+            self.backoff(attempt).await;
+            if needs_new_connection(&e) {
+                // A failed reconnect is one more failed attempt.
+                while let Err(r) = self.reconnect(&conn).await {
+                    if attempt >= self.config.retries || !worth_retrying(&r) {
+                        return Err(r);
+                    }
+                    attempt += 1;
+                    self.backoff(attempt).await;
+                }
+            }
+        }
     }
 
     /// Requests object `name` and returns its frames as they arrive, for
@@ -388,13 +422,17 @@ impl Client {
         items: Option<&[String]>,
         opts: &TransferOptions,
     ) -> Result<ObjectRetriever<FrameStream>, Error> {
+        let rx = self.get_request(&self.container_request(name, items, opts)).await?;
+        Ok(ObjectRetriever::new(rx.into_stream()))
+    }
+
+    fn container_request(&self, name: &str, items: Option<&[String]>, opts: &TransferOptions) -> ObjectRequest {
         let mut req = ObjectRequest::new(name);
         req.mode = Some(Mode::Container);
         req.quantize = opts.quantize;
         req.items = items.map(<[String]>::to_vec);
         req.chunk_size = opts.chunk_size;
-        let rx = self.get_request(&req).await?;
-        Ok(ObjectRetriever::new(rx.into_stream()))
+        req
     }
 
     async fn push(
@@ -441,6 +479,54 @@ impl Client {
             .header("tensorwire-version", "1")
             .body(())
             .map_err(|_| Error::InvalidName { name: path.to_string(), reason: "not a valid request path" })
+    }
+}
+
+/// A receiver that keeps what it verified across streams.
+trait Resumable {
+    type Output;
+    /// What to ask for next; `None`: everything.
+    fn resume(&self) -> Option<Resume>;
+    /// Forgets everything received.
+    fn restart(&mut self);
+    /// Takes one stream, to the object's end.
+    async fn take(&mut self, rx: FrameReceiver, progress: Option<&ProgressFn>) -> Result<Self::Output, Error>;
+}
+
+impl Resumable for FileReceive {
+    type Output = super::body::Received;
+
+    fn resume(&self) -> Option<Resume> {
+        FileReceive::resume(self)
+    }
+
+    fn restart(&mut self) {
+        FileReceive::restart(self);
+    }
+
+    async fn take(&mut self, mut rx: FrameReceiver, progress: Option<&ProgressFn>) -> Result<Self::Output, Error> {
+        FileReceive::take(self, &mut rx, progress).await
+    }
+}
+
+impl Resumable for ContainerFile {
+    type Output = u64;
+
+    fn resume(&self) -> Option<Resume> {
+        let missing = self.missing()?;
+        let mut r = Resume::default();
+        for (item, ranges) in missing {
+            r.need(item, ranges);
+        }
+        Some(r)
+    }
+
+    fn restart(&mut self) {
+        ContainerFile::restart(self);
+    }
+
+    async fn take(&mut self, rx: FrameReceiver, _progress: Option<&ProgressFn>) -> Result<u64, Error> {
+        ContainerFile::take(self, &mut rx.into_stream()).await
     }
 }
 
