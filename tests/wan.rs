@@ -57,3 +57,33 @@ async fn receive_window_is_primed_by_the_round_trip_grows_and_shrinks_when_idle(
     }
     assert!(client.receive_window() < cap);
 }
+
+#[tokio::test]
+async fn keepalive_notices_a_silent_peer_mid_transfer_and_the_pull_resumes() {
+    use common::wan::{Dir, Fault};
+    let dir = TempDir::new("wan-keepalive");
+    let data = bytes(4 << 20, 9);
+    dir.file("src/model.bin", &data);
+    let server = TestServer::start(Registry::root(dir.join("src")).expect("root"), Config::default()).await;
+    let proxy = WanProxy::start(server.addr, Link::loopback()).await;
+    // The stream's idle timeout is far away: only the keep-alive PING can
+    // notice that the peer went silent.
+    let config = Config {
+        idle_timeout: Duration::from_secs(60),
+        keepalive_interval: Duration::from_millis(500),
+        keepalive_timeout: Duration::from_millis(500),
+        retries: 2,
+        ..config()
+    };
+    proxy.plan(vec![Fault::Stall { dir: Dir::Down, at: 2 << 20, pause: Duration::from_secs(40) }]);
+    let client = Client::connect(proxy.addr, config).await.expect("connect");
+    let started = Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(30), client.get_file("model.bin", dir.join("out.bin")))
+        .await
+        .expect("noticed before the idle timeout")
+        .expect("resumed");
+    assert_eq!(got.len, data.len() as u64);
+    assert_eq!(std::fs::read(dir.join("out.bin")).expect("read"), data);
+    assert_eq!(proxy.connections(), 2);
+    assert!(started.elapsed() < Duration::from_secs(30));
+}

@@ -342,6 +342,12 @@ async fn get(
     let (mut opts, bar) = options(&name);
     opts.chunk_size = tuning.chunk_size;
     opts.quantize = quantize;
+    // A killed `get` run again resumes from the ledger beside FILE.part.
+    opts.ledger = true;
+    if let Some(l) = tensorwire::recv::PartLedger::load(&output).filter(|_| mode == GetMode::File) {
+        let held: u64 = l.chunks.iter().map(|c| c.2).sum();
+        eprintln!("resuming {}.part: {held} bytes verified by an earlier run", output.display());
+    }
     let started = std::time::Instant::now();
     let result = match mode {
         GetMode::File if items.is_some() || quantize.is_some() => {

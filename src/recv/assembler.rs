@@ -174,6 +174,43 @@ impl Assembler {
         }
     }
 
+    /// Every chunk placed so far, item by item in offset order: (item,
+    /// offset, length, CRC-32). With [`Assembler::restore`] this carries the
+    /// ledger across processes.
+    pub fn chunks(&self) -> Vec<(u32, u64, u64, u32)> {
+        let mut out = Vec::new();
+        for (i, l) in self.items.iter().enumerate() {
+            out.extend(l.chunks.iter().map(|(&o, &(len, crc))| (i as u32, o, len, crc)));
+        }
+        out
+    }
+
+    /// Starts from an earlier run's record: `items` announced (indices 0..,
+    /// in order) and `chunks` placed, no events. Call on a new assembler.
+    ///
+    /// # Errors
+    ///
+    /// As [`Assembler::handle_frame`] for item headers and chunks that do
+    /// not fit (a damaged record).
+    pub fn restore(&mut self, items: Vec<ItemHeader>, chunks: &[(u32, u64, u64, u32)]) -> Result<(), DecodeError> {
+        for h in items {
+            self.item_header(h)?;
+        }
+        self.events.clear();
+        for &(item, offset, len, crc) in chunks {
+            let ledger = self.items.get_mut(item as usize).ok_or(DecodeError::ChunkWithoutItem { item, open: None })?;
+            let item_len = ledger.header.len;
+            let Some(end) = offset.checked_add(len).filter(|&e| e <= item_len && len > 0) else {
+                return Err(DecodeError::ChunkOutOfBounds { item, offset, len, item_len });
+            };
+            let before = ledger.have.len();
+            ledger.have.insert(offset..end);
+            ledger.chunks.insert(offset, (len, crc));
+            self.received += ledger.have.len() - before;
+        }
+        Ok(())
+    }
+
     /// Items announced so far.
     pub fn items(&self) -> u32 {
         self.items.len() as u32

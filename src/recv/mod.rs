@@ -9,11 +9,13 @@
 mod assembler;
 mod container_file;
 mod file;
+mod ledger;
 mod ranges;
 mod retriever;
 
 pub use assembler::{Assembler, Event};
 pub use container_file::ContainerFile;
 pub use file::{validate_safetensors, FileSink};
+pub use ledger::{PartLedger, SourceId};
 pub use ranges::RangeSet;
 pub use retriever::ObjectRetriever;

@@ -12,7 +12,7 @@ use h2::{RecvStream, SendStream};
 use super::flow::Meter;
 use super::request::Resume;
 use super::Config;
-use crate::recv::{Assembler, Event, FileSink};
+use crate::recv::{Assembler, Event, FileSink, PartLedger, SourceId};
 use crate::send::FORMAT_KEY;
 use crate::wire::{preamble, EncodedFrame, Frame, FrameDecoder, HEADER_LEN};
 use crate::Error;
@@ -279,6 +279,22 @@ pub(crate) struct FileReceive {
     asm: Assembler,
     safetensors: bool,
     total: Option<u64>,
+    /// With a ledger beside the `.part` file: what it records, and when it
+    /// was last saved.
+    ledger: Option<(PartLedger, std::time::Instant)>,
+    dest: std::path::PathBuf,
+}
+
+/// How often a ledger is saved while data arrives.
+const LEDGER_EVERY: Duration = Duration::from_millis(200);
+
+impl Drop for FileReceive {
+    fn drop(&mut self) {
+        // Not committed: the sink removes its `.part`; the ledger goes too.
+        if self.sink.is_some() && self.ledger.is_some() {
+            PartLedger::remove(&self.dest);
+        }
+    }
 }
 
 impl FileReceive {
@@ -286,12 +302,76 @@ impl FileReceive {
     pub(crate) async fn create(dest: &Path) -> Result<Self, Error> {
         let dest_owned = dest.to_path_buf();
         let sink = tokio::task::spawn_blocking(move || FileSink::create(dest_owned)).await.map_err(join)??;
-        Ok(FileReceive {
+        Ok(Self::create_with(dest, sink, Assembler::new()))
+    }
+
+    /// Like [`FileReceive::create`], with a ledger beside the `.part` file
+    /// that survives a killed process: when one written for the same
+    /// `request` is there, its verified chunks are kept and the `.part`
+    /// file is continued; otherwise both start afresh.
+    pub(crate) async fn create_resumable(dest: &Path, request: String) -> Result<Self, Error> {
+        let d = dest.to_path_buf();
+        let found = tokio::task::spawn_blocking(move || {
+            let found = PartLedger::load(&d).filter(|l| l.source.request == request);
+            let sink = match &found {
+                Some(_) => FileSink::open_existing(&d)?,
+                None => {
+                    PartLedger::remove(&d);
+                    FileSink::create(&d)?
+                }
+            };
+            let ledger = found.unwrap_or_else(|| PartLedger::new(SourceId { request, items: Vec::new() }));
+            Ok::<_, Error>((sink, ledger))
+        })
+        .await
+        .map_err(join)??;
+        let (sink, mut ledger) = found;
+        let mut asm = Assembler::new();
+        let items = ledger.source.items.iter().enumerate();
+        let headers = items.map(|(i, (name, len))| crate::wire::ItemHeader::bytes(i as u32, name.clone(), *len));
+        if asm.restore(headers.collect(), &ledger.chunks).is_err() {
+            // A damaged record: trust nothing of it.
+            asm = Assembler::new();
+        }
+        if asm.received() == 0 {
+            ledger.source.items.clear();
+            ledger.chunks.clear();
+            asm = Assembler::new();
+        }
+        let mut me = Self::create_with(dest, sink, asm);
+        me.ledger = Some((ledger, std::time::Instant::now()));
+        Ok(me)
+    }
+
+    fn create_with(dest: &Path, sink: FileSink, asm: Assembler) -> Self {
+        FileReceive {
             sink: Some(Arc::new(sink)),
-            asm: Assembler::new(),
+            asm,
             safetensors: dest.extension().is_some_and(|e| e == "safetensors"),
             total: None,
+            ledger: None,
+            dest: dest.to_path_buf(),
+        }
+    }
+
+    /// Syncs the `.part` data and saves the ledger listing it, at most every
+    /// [`LEDGER_EVERY`] unless `now`.
+    async fn save_ledger(&mut self, now: bool) -> Result<(), Error> {
+        let Some((ledger, last)) = &mut self.ledger else { return Ok(()) };
+        if !now && last.elapsed() < LEDGER_EVERY {
+            return Ok(());
+        }
+        *last = std::time::Instant::now();
+        ledger.chunks = self.asm.chunks();
+        let (snapshot, dest) = (ledger.clone(), self.dest.clone());
+        let Some(sink) = self.sink.clone() else { return Ok(()) };
+        // The ledger lists only bytes already on disk.
+        tokio::task::spawn_blocking(move || {
+            sink.sync_data()?;
+            snapshot.save(&dest)
         })
+        .await
+        .map_err(join)?
     }
 
     /// What to ask for on the next stream: `None` before any item is known
@@ -312,6 +392,10 @@ impl FileReceive {
     pub(crate) fn restart(&mut self) {
         self.asm = Assembler::new();
         self.total = None;
+        if let Some((l, _)) = &mut self.ledger {
+            l.source.items.clear();
+            l.chunks.clear();
+        }
     }
 
     /// Takes one stream's frames; commits the file and returns once the
@@ -329,6 +413,11 @@ impl FileReceive {
                         self.safetensors |= h.metadata.get(FORMAT_KEY).is_some_and(|f| f == "safetensors");
                         self.total = h.total_len;
                     }
+                    Event::Item { header, .. } => {
+                        if let Some((l, _)) = &mut self.ledger {
+                            l.source.items.push((header.name.clone(), header.len));
+                        }
+                    }
                     Event::Data { position, data, .. } => {
                         let sink = Arc::clone(self.sink.as_ref().ok_or(Error::Protocol("file already committed"))?);
                         // Positioned writes block: run them off the runtime's threads.
@@ -336,6 +425,7 @@ impl FileReceive {
                         if let Some(p) = progress {
                             p(Progress { done: self.asm.received(), total: self.total });
                         }
+                        self.save_ledger(false).await?;
                     }
                     Event::Aborted(a) => return Err(Error::Aborted { code: a.code, message: a.message }),
                     Event::Done(end) => {
@@ -345,6 +435,9 @@ impl FileReceive {
                         tokio::task::spawn_blocking(move || sink.commit(end.len, safetensors))
                             .await
                             .map_err(join)??;
+                        if self.ledger.take().is_some() {
+                            PartLedger::remove(&self.dest);
+                        }
                         return Ok(Received { len: end.len, items: end.items, crc: end.crc });
                     }
                     _ => {}
