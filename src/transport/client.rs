@@ -56,15 +56,6 @@ struct Conn {
     send: h2::client::SendRequest<EncodedFrame>,
     meter: Arc<Meter>,
     windows: tokio::sync::watch::Receiver<Windows>,
-    dead: CancellationToken,
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        // The last handle is gone: the flow task and the driver stop, and
-        // the connection closes.
-        self.dead.cancel();
-    }
 }
 
 /// What a completed transfer moved.
@@ -575,7 +566,7 @@ where
     let (meter, dead, windows) = (Arc::clone(&flow.meter), flow.dead.clone(), flow.windows.clone());
     tokio::spawn(drive(conn, flow.windows, flow.dead));
     match tokio::time::timeout_at(deadline, flow.ready).await {
-        Ok(Ok(_rtt)) => Ok(Conn { send, meter, windows, dead }),
+        Ok(Ok(_rtt)) => Ok(Conn { send, meter, windows }),
         // The flow task ended: the connection failed before any answer.
         Ok(Err(_)) => {
             dead.cancel();
@@ -589,8 +580,21 @@ where
 }
 
 /// Drives an h2 client connection: applies the windows the flow task
-/// proposes, and drops the connection when the peer is found dead.
+/// proposes, and drops the connection when the peer is found dead. The
+/// connection ends by itself once every handle and stream is gone; the flow
+/// task is then stopped.
 async fn drive<T>(
+    conn: h2::client::Connection<T, EncodedFrame>,
+    windows: tokio::sync::watch::Receiver<Windows>,
+    dead: CancellationToken,
+) where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let _stop_flow = dead.clone().drop_guard();
+    drive_until_dead(conn, windows, dead).await;
+}
+
+async fn drive_until_dead<T>(
     mut conn: h2::client::Connection<T, EncodedFrame>,
     mut windows: tokio::sync::watch::Receiver<Windows>,
     dead: CancellationToken,

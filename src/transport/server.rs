@@ -235,7 +235,12 @@ where
                 conn.set_target_window_size(w.connection);
                 let _ = conn.set_initial_window_size(w.stream);
             }
-            _ = dead.cancelled() => break,
+            _ = dead.cancelled() => {
+                // The peer stopped answering PINGs: close the connection so
+                // that its transfers fail now, not at their idle timeouts.
+                drop(conn);
+                break;
+            }
         }
     }
     while requests.join_next().await.is_some() {}
