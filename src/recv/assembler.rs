@@ -421,6 +421,103 @@ mod tests {
         Ok(())
     }
 
+    fn chunk(item: u32, offset: u64, data: &'static [u8]) -> Frame {
+        Frame::Chunk(Chunk::new(item, offset, Bytes::from_static(data)))
+    }
+
+    fn end(len: u64, data: &[u8]) -> Frame {
+        Frame::ItemEnd(ItemEnd { item: 0, len, crc: crc32fast::hash(data) })
+    }
+
+    #[test]
+    fn item_crc_is_verified_over_chunks_from_two_streams() -> Result<(), DecodeError> {
+        let mut asm = Assembler::new();
+        for f in frames_for(&[8]) {
+            asm.handle_frame(f)?;
+        }
+        asm.handle_frame(chunk(0, 0, b"abcd"))?;
+        // A second stream (a resume) brings the rest, and the header again.
+        asm.handle_frame(Frame::ItemHeader(ItemHeader::bytes(0, "i0", 8)))?;
+        asm.handle_frame(chunk(0, 4, b"efgh"))?;
+        asm.handle_frame(end(8, b"abcdefgh"))?;
+        assert!(asm.is_verified(0));
+        Ok(())
+    }
+
+    #[test]
+    fn item_end_with_wrong_crc_forgets_the_item() -> Result<(), DecodeError> {
+        let mut asm = Assembler::new();
+        for f in frames_for(&[8]) {
+            asm.handle_frame(f)?;
+        }
+        asm.handle_frame(chunk(0, 0, b"abcd"))?;
+        asm.handle_frame(chunk(0, 4, b"efgh"))?;
+        let r = asm.handle_frame(end(8, b"abcdefgX"));
+        assert!(matches!(r, Err(DecodeError::ItemEndMismatch { field: "crc", .. })), "{r:?}");
+        // Needed whole again: nothing of it is trusted.
+        assert_eq!(asm.missing(0), vec![0..8]);
+        assert_eq!(asm.received(), 0);
+        assert!(!asm.is_verified(0));
+        Ok(())
+    }
+
+    #[test]
+    fn chunk_boundaries_that_change_leave_the_item_unverifiable() -> Result<(), DecodeError> {
+        let mut asm = Assembler::new();
+        for f in frames_for(&[8]) {
+            asm.handle_frame(f)?;
+        }
+        asm.handle_frame(chunk(0, 0, b"abcd"))?;
+        asm.handle_frame(chunk(0, 4, b"efgh"))?;
+        asm.handle_frame(chunk(0, 2, b"cdef"))?;
+        let r = asm.handle_frame(end(8, b"abcdefgh"));
+        assert!(matches!(r, Err(DecodeError::ItemEndMismatch { field: "crc", .. })), "{r:?}");
+        assert_eq!(asm.missing(0), vec![0..8]);
+        Ok(())
+    }
+
+    #[test]
+    fn item_whose_crc_changed_since_an_earlier_stream_is_inconsistent() -> Result<(), DecodeError> {
+        let mut asm = Assembler::new();
+        for f in frames_for(&[4]) {
+            asm.handle_frame(f)?;
+        }
+        asm.handle_frame(chunk(0, 0, b"abcd"))?;
+        asm.handle_frame(end(4, b"abcd"))?;
+        asm.handle_frame(chunk(0, 0, b"abcX"))?;
+        let r = asm.handle_frame(end(4, b"abcX"));
+        assert!(matches!(r, Err(DecodeError::InconsistentItem { .. })), "{r:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn restore_rejects_a_chunk_past_the_item() {
+        let mut asm = Assembler::new();
+        let r = asm.restore(vec![ItemHeader::bytes(0, "i0", 8)], &[(0, 4, 8, 0)]);
+        assert!(matches!(r, Err(DecodeError::ChunkOutOfBounds { .. })), "{r:?}");
+    }
+
+    #[test]
+    fn restore_rejects_a_chunk_of_an_unknown_item() {
+        let mut asm = Assembler::new();
+        let r = asm.restore(vec![ItemHeader::bytes(0, "i0", 8)], &[(1, 0, 4, 0)]);
+        assert!(matches!(r, Err(DecodeError::ChunkWithoutItem { .. })), "{r:?}");
+    }
+
+    #[test]
+    fn restored_chunks_are_not_asked_for_and_count_towards_the_crc() -> Result<(), DecodeError> {
+        let mut asm = Assembler::new();
+        asm.restore(vec![ItemHeader::bytes(0, "i0", 8)], &[(0, 0, 4, crc32fast::hash(b"abcd"))])?;
+        assert_eq!(asm.missing(0), vec![4..8]);
+        assert!(asm.poll_event().is_none());
+        asm.handle_frame(Frame::ItemHeader(ItemHeader::bytes(0, "i0", 8)))?;
+        asm.handle_frame(chunk(0, 4, b"efgh"))?;
+        asm.handle_frame(end(8, b"abcdefgh"))?;
+        assert!(asm.is_verified(0));
+        assert_eq!(asm.chunks().len(), 2);
+        Ok(())
+    }
+
     #[test]
     fn item_announced_again_must_match() -> Result<(), DecodeError> {
         let mut asm = Assembler::new();

@@ -264,6 +264,29 @@ mod tests {
         matches!(Resume::parse(v), Err(RequestError::BadResume { .. }))
     }
 
+    proptest::proptest! {
+        /// Any valid resume (sorted, disjoint, non-empty ranges) survives
+        /// the header and back.
+        #[test]
+        fn resume_header_round_trips(
+            items in proptest::collection::btree_map(0u32..1000, proptest::collection::vec((0u64..1000, 1u64..1000), 0..8), 0..8)
+        ) {
+            let mut r = Resume::default();
+            for (item, spans) in items {
+                let mut at = 0u64;
+                let ranges = spans.into_iter().map(|(gap, len)| {
+                    let start = at + gap;
+                    at = start + len + 1;
+                    start..start + len
+                }).collect();
+                r.need(item, ranges);
+            }
+            if r.iter().count() > 0 {
+                proptest::prop_assert_eq!(Resume::parse(&r.to_header()), Ok(r));
+            }
+        }
+    }
+
     #[test]
     fn resume_round_trips() -> Result<(), RequestError> {
         let r = Resume::parse("0=1048576-4194304;8388608-9437184,3=")?;
