@@ -11,8 +11,12 @@
 //!    fill most of the current window, the window is what limits the
 //!    transfer: grow it to a multiple of the sample, up to
 //!    [`Config::max_window`]. Growth also needs the measured bandwidth to
-//!    have risen; a window that only fills a queue on the path (the round
-//!    trip grows, the bandwidth does not) is large enough already.
+//!    have risen, and the path's bandwidth-delay product (that bandwidth
+//!    times the *smallest* round trip seen, as BBR estimates it) to be at
+//!    least half the window: a window that only fills a queue on the path
+//!    (the round trip grows, the bandwidth does not), or a loopback
+//!    connection whose PINGs wait behind its own data, is large enough
+//!    already.
 //! 3. When nothing arrives for a while, go back to the configured windows,
 //!    so an idle connection holds no large grant.
 //!
@@ -85,12 +89,20 @@ pub struct BdpEstimator {
     window: u32,
     best_bandwidth: f64,
     rtt: Option<Duration>,
+    min_rtt: Option<Duration>,
 }
 
 impl BdpEstimator {
     /// Starts at window `initial`, never proposes more than `cap`.
     pub fn new(initial: u32, cap: u32) -> Self {
-        BdpEstimator { base: initial, cap: cap.max(initial), window: initial, best_bandwidth: 0.0, rtt: None }
+        BdpEstimator {
+            base: initial,
+            cap: cap.max(initial),
+            window: initial,
+            best_bandwidth: 0.0,
+            rtt: None,
+            min_rtt: None,
+        }
     }
 
     /// The current window.
@@ -117,6 +129,7 @@ impl BdpEstimator {
     /// ```
     pub fn handle_handshake(&mut self, rtt: Duration) -> Option<u32> {
         self.rtt = Some(rtt);
+        self.min_rtt = Some(rtt);
         let primed = (u128::from(self.cap) * rtt.as_nanos() / CAP_RTT.as_nanos()).min(u128::from(self.cap)) as u32;
         (primed > self.window).then(|| {
             self.window = primed;
@@ -134,6 +147,8 @@ impl BdpEstimator {
             None => rtt,
             Some(s) => (s * 7 + rtt) / 8,
         });
+        let min_rtt = self.min_rtt.map_or(rtt, |m| m.min(rtt));
+        self.min_rtt = Some(min_rtt);
         if self.window >= self.cap {
             return None;
         }
@@ -141,7 +156,9 @@ impl BdpEstimator {
         let saturated = bytes * 3 >= u64::from(self.window) * SATURATED_THIRDS;
         let faster = bandwidth > self.best_bandwidth * (1.0 + 1.0 / BW_STEP);
         self.best_bandwidth = self.best_bandwidth.max(bandwidth);
-        if !(saturated && faster) {
+        let path_bdp = bandwidth * min_rtt.as_secs_f64();
+        let short = path_bdp * 2.0 < f64::from(self.window);
+        if !(saturated && faster) || short {
             return None;
         }
         let grown = bytes.saturating_mul(GROWTH).min(u64::from(self.cap)) as u32;
@@ -337,6 +354,16 @@ mod tests {
         assert_eq!(bdp.handle_sample(64 << 20, 100 * MS), Some(100 << 20));
         assert_eq!(bdp.handle_sample(100 << 20, 100 * MS), None);
         assert_eq!(bdp.window(), 100 << 20);
+    }
+
+    #[test]
+    fn pings_delayed_behind_data_on_a_short_path_do_not_grow_it() {
+        // A 100 µs path whose PINGs take 10 ms behind queued data: the window
+        // fills, but the path's BDP is tiny.
+        let mut bdp = BdpEstimator::new(4 << 20, 128 << 20);
+        assert_eq!(bdp.handle_handshake(Duration::from_micros(100)), None);
+        assert_eq!(bdp.handle_sample(4 << 20, 10 * MS), None);
+        assert_eq!(bdp.window(), 4 << 20);
     }
 
     #[test]
