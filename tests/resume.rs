@@ -221,3 +221,20 @@ async fn hundred_cuts_in_container_mode_each_resume_to_identical_bytes() {
 async fn cuts_of_a_quantized_container_pull_resume_to_identical_bytes() {
     container_cuts("nf4-cuts", Some("nf4"), 20).await;
 }
+
+#[tokio::test]
+async fn a_damaged_chunk_is_asked_for_again_on_the_same_connection() {
+    let s = setup("retransmit").await;
+    let dest = s.dir.join("out.bin");
+    // Well inside the data: a chunk's payload (headers are 37 bytes in 64 KiB).
+    let at = s.clean / 2 + 1000;
+    s.proxy.plan(vec![Fault::Flip { dir: Dir::Down, at, bit: 3 }]);
+    let before = (s.proxy.down_bytes(), s.proxy.connections());
+    let client = Client::connect(s.proxy.addr, config()).await.expect("connect");
+    client.get_file("model.bin", &dest).await.expect("get after a damaged chunk");
+    assert!(std::fs::read(&dest).expect("read") == s.data);
+    // No new connection, and not from zero: about one window and a chunk again.
+    assert_eq!(s.proxy.connections() - before.1, 1);
+    let resent = (s.proxy.down_bytes() - before.0).saturating_sub(s.clean);
+    assert!(resent <= u64::from(WINDOW + CHUNK) + (16 << 10), "{resent} bytes sent again");
+}
