@@ -315,18 +315,27 @@ impl Task {
     }
 
     /// One PING round trip; `None` (and the connection declared dead) when
-    /// the peer does not answer in time or the connection is gone.
+    /// the peer does not answer within the keep-alive timeout while no data
+    /// arrives either, or the connection is gone. (A PING answer can queue
+    /// behind a full window on a slow link; data still arriving proves the
+    /// peer alive.)
     async fn round_trip(&mut self) -> Option<Duration> {
         let start = Instant::now();
-        let pong = tokio::select! {
-            _ = self.dead.cancelled() => return None,
-            r = tokio::time::timeout(self.keepalive_timeout, self.ping.ping(Ping::opaque())) => r,
-        };
-        match pong {
-            Ok(Ok(_)) => Some(start.elapsed()),
-            Ok(Err(_)) | Err(_) => {
-                self.dead.cancel();
-                None
+        let pong = self.ping.ping(Ping::opaque());
+        let mut pong = std::pin::pin!(pong);
+        loop {
+            let before = self.meter.bytes();
+            let r = tokio::select! {
+                _ = self.dead.cancelled() => return None,
+                r = tokio::time::timeout(self.keepalive_timeout, &mut pong) => r,
+            };
+            match r {
+                Ok(Ok(_)) => return Some(start.elapsed()),
+                Err(_) if self.meter.bytes() > before => continue,
+                Ok(Err(_)) | Err(_) => {
+                    self.dead.cancel();
+                    return None;
+                }
             }
         }
     }
