@@ -182,8 +182,9 @@ fn minor_faults() -> u64 {
     stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(7)?.parse().ok()).unwrap_or(0)
 }
 
-/// The transport settings, with `TW_WINDOW`, `TW_FRAME` and `TW_CHUNK`
-/// overrides (bytes) for experiments.
+/// The transport settings, with `TW_WINDOW`, `TW_MAX_WINDOW` (the adaptive
+/// windows' cap; equal to the window turns growth off), `TW_FRAME` and
+/// `TW_CHUNK` overrides (bytes) for experiments.
 fn config() -> Config {
     let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u32>().ok());
     let mut c = Config::default();
@@ -191,6 +192,9 @@ fn config() -> Config {
         c.stream_window = w;
         c.connection_window = w.saturating_mul(2);
         c.max_send_buffer = w as usize;
+    }
+    if let Some(w) = env("TW_MAX_WINDOW") {
+        c.max_window = w;
     }
     if let Some(f) = env("TW_FRAME") {
         c.max_frame_size = f;

@@ -69,6 +69,9 @@ pub enum Error {
         /// The response body (truncated).
         message: String,
     },
+    /// A pull request that does not parse (SPEC.md §8.2, §8.4).
+    #[error(transparent)]
+    Request(#[from] RequestError),
     /// The peer did something this protocol does not allow.
     #[error("protocol violation: {0}")]
     Protocol(&'static str),
@@ -235,4 +238,24 @@ pub(crate) fn tls_hint(e: &rustls::Error) -> String {
         .into(),
         _ => String::new(),
     }
+}
+
+/// A malformed pull request (answered 400, SPEC.md §8.5).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// A query parameter has a value this version does not accept.
+    #[error("bad query parameter {param}: {value:?}")]
+    BadParameter {
+        /// The parameter.
+        param: &'static str,
+        /// Its value as received.
+        value: String,
+    },
+    /// The `tensorwire-resume` header is malformed.
+    #[error("bad tensorwire-resume header: {reason}")]
+    BadResume {
+        /// What is wrong.
+        reason: &'static str,
+    },
 }

@@ -19,8 +19,10 @@
 //!   mapped safetensors file, or a lazy `Stream`.
 //! * [`recv`] — [`recv::Assembler`] (sans-IO placement of chunks, with a
 //!   [`recv::RangeSet`] ledger), [`recv::FileSink`] (`.part` file, checks,
-//!   fsync, atomic rename) and [`recv::ObjectRetriever`] (a `Stream` of
-//!   tensors, or a safetensors file written as they arrive).
+//!   fsync, atomic rename), [`recv::ObjectRetriever`] (a `Stream` of
+//!   tensors, or a safetensors file written as they arrive),
+//!   [`recv::ContainerFile`] (the same file, resumable across streams) and
+//!   [`recv::PartLedger`] (the crash-safe record beside `FILE.part`).
 //! * [`quant`] — bitsandbytes' fp16/bf16, blockwise 8-bit, fp4 and nf4 as
 //!   pure kernels (bit-exact with its CUDA kernels), applied per chunk by
 //!   [`send::ContainerStreamer::quantize`] or [`quant::QuantizeExt`], and
@@ -31,7 +33,9 @@
 //!   the only module that touches sockets; cleartext h2c or TLS 1.3 with
 //!   mutual TLS ([`transport::ServerTls`], [`transport::ClientTls`]), the
 //!   verified [`transport::Peer`] of each request and [`transport::Access`]
-//!   rules for who may pull and push what.
+//!   rules for who may pull and push what; adaptive receive windows
+//!   ([`transport::BdpEstimator`]), keep-alive, retries and resume with a
+//!   typed [`transport::ObjectRequest`] (SPEC.md §8.4).
 //! * [`Error`] — the public error, grouped by origin, with
 //!   [`Error::is_retryable`].
 //!
@@ -39,7 +43,7 @@
 //!
 //! | mode | sender holds | receiver holds |
 //! |---|---|---|
-//! | file streaming | the chunks in flight (mapped file pages are released once sent) | one frame plus the HTTP/2 window; data goes to disk at its offset |
+//! | file streaming | the chunks in flight (mapped file pages are released once sent) | one frame plus the HTTP/2 window (adaptive, at most `Config::max_window`); data goes to disk at its offset |
 //! | container streaming | the container + the chunks in flight | the tensor being assembled + what the consumer has not taken |
 //!
 //! Measured on a 2-core VM over loopback: file streaming of 4 GiB, about

@@ -92,6 +92,33 @@ fn serve_get_put_inspect() {
     assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
     assert_eq!(std::fs::read(dir.join("srv/copy.safetensors")).expect("read"), model);
 
+    // Retry flags (SPEC.md §8.4): accepted by get and put; a bad value is refused.
+    let again = dir.join("again.safetensors");
+    let get = Command::new(bin)
+        .args(["get", "--retries", "2", "--retry-max-wait", "0.5"])
+        .arg(format!("{url_base}model.safetensors"))
+        .arg("-o")
+        .arg(&again)
+        .output()
+        .expect("run get");
+    assert!(get.status.success(), "{}", String::from_utf8_lossy(&get.stderr));
+    assert_eq!(std::fs::read(&again).expect("read"), model);
+    let put = Command::new(bin)
+        .args(["put", "--retries", "0"])
+        .arg(&out)
+        .arg(format!("{url_base}copy2.safetensors"))
+        .output()
+        .expect("run put");
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    let bad = Command::new(bin)
+        .args(["get", "--retry-max-wait", "-1"])
+        .arg(format!("{url_base}model.safetensors"))
+        .arg("-o")
+        .arg(dir.join("x"))
+        .output()
+        .expect("run get");
+    assert!(!bad.status.success());
+
     let missing = Command::new(bin).arg("get").arg(format!("{url_base}nope")).arg("-o").arg(dir.join("x")).output();
     let missing = missing.expect("run get");
     assert!(!missing.status.success());

@@ -324,6 +324,8 @@ fn an_http1_server_is_called_what_it_is() {
             let mut buf = [0u8; 1024];
             let _ = s.read(&mut buf);
             let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            // A server lingers a moment before closing, as real ones do.
+            std::thread::sleep(std::time::Duration::from_millis(500));
         }
     });
     let dir = std::env::temp_dir();

@@ -152,6 +152,8 @@ enum Command {
         tls: PeerTls,
         #[command(flatten)]
         tuning: Tuning,
+        #[command(flatten)]
+        retry: Retry,
     },
     /// Push a file as an object.
     Put {
@@ -165,6 +167,8 @@ enum Command {
         tls: PeerTls,
         #[command(flatten)]
         tuning: Tuning,
+        #[command(flatten)]
+        retry: Retry,
     },
     /// Summarize a safetensors file: tensors, dtypes, shapes, bytes.
     Inspect {
@@ -288,6 +292,11 @@ struct ServerBounds {
     /// [268435456].
     #[arg(long)]
     max_pinned: Option<u64>,
+    /// Largest receive window a push connection may grow to, bytes
+    /// [8388608: no growth]; each connection may then hold this much unread
+    /// data, so memory is bounded by --max-connections times this.
+    #[arg(long)]
+    max_push_window: Option<u32>,
 }
 
 impl ServerBounds {
@@ -304,7 +313,8 @@ impl ServerBounds {
             idle_connection_timeout,
             idle_timeout,
             max_pinned_per_connection,
-            max_pinned
+            max_pinned,
+            max_push_window
         );
         c
     }
@@ -461,6 +471,27 @@ impl Tuning {
     }
 }
 
+/// What to do when a connection is cut, stalls or delivers damaged bytes.
+#[derive(clap::Args)]
+struct Retry {
+    /// Attempts after the first: a pull reconnects and resumes from what it
+    /// verified (SPEC.md §8.4); a push starts over. 0 fails at once.
+    #[arg(long, default_value_t = Config::default().retries)]
+    retries: u32,
+    /// Longest wait between attempts, seconds (waits start at 0.1 s and
+    /// double).
+    #[arg(long, default_value_t = Config::default().retry_max_wait.as_secs_f64())]
+    retry_max_wait: f64,
+}
+
+impl Retry {
+    fn apply(&self, mut c: Config) -> Result<Config, Failure> {
+        c.retries = self.retries;
+        c.retry_max_wait = std::time::Duration::try_from_secs_f64(self.retry_max_wait)
+            .map_err(|_| Failure::usage("--retry-max-wait must be a number of seconds, 0 or more"))?;
+        Ok(c)
+    }
+}
 /// mimalloc rather than glibc's malloc. Receiving over HTTP/2 allocates a
 /// buffer per DATA frame (1 MiB by default); glibc hands such buffers back to
 /// the kernel when they are freed and faults fresh pages in for the next one
@@ -522,12 +553,28 @@ async fn run(command: Command) -> Result<(), Failure> {
             let config = bounds.apply(tuning.config());
             serve(root, addr, read_only, Duration::from_secs(drain_timeout), &access, &tls, config).await
         }
-        Command::Get { url, output, remote_name, mode, items, quantize, keep_subnormals, report, tls, tuning } => {
+        Command::Get {
+            url,
+            output,
+            remote_name,
+            mode,
+            items,
+            quantize,
+            keep_subnormals,
+            report,
+            tls,
+            tuning,
+            retry,
+        } => {
             let target = target::parse_url(&url)?;
             let output = target::resolve_output(output.as_deref(), remote_name, &target.name)?;
-            get(GetRequest { target, output, mode, items, quantize, keep_subnormals }, report, &tls, tuning).await
+            let config = retry.apply(tuning.config())?;
+            get(GetRequest { target, output, mode, items, quantize, keep_subnormals }, report, &tls, &tuning, config)
+                .await
         }
-        Command::Put { file, url, report, tls, tuning } => put(file, &url, report, &tls, tuning).await,
+        Command::Put { file, url, report, tls, tuning, retry } => {
+            put(file, &url, report, &tls, retry.apply(tuning.config())?).await
+        }
         Command::Inspect { file } => inspect(file),
         Command::Bench { what: BenchWhat::Memory { shape, dir, json, verify, modes } } => {
             Ok(bench_memory(&shape, dir, json, verify, modes, false)?)
@@ -725,7 +772,13 @@ struct GetRequest {
     keep_subnormals: bool,
 }
 
-async fn get(req: GetRequest, report: Report, tls: &PeerTls, tuning: Tuning) -> Result<(), Failure> {
+async fn get(
+    req: GetRequest,
+    report: Report,
+    tls: &PeerTls,
+    tuning: &Tuning,
+    mut config: Config,
+) -> Result<(), Failure> {
     let GetRequest { target: t, output, mode, items, quantize, keep_subnormals } = req;
     let subnormals =
         if keep_subnormals { tensorwire::quant::Subnormals::Keep } else { tensorwire::quant::Subnormals::Flush };
@@ -745,7 +798,6 @@ async fn get(req: GetRequest, report: Report, tls: &PeerTls, tuning: Tuning) -> 
     if mode == GetMode::Container && output == Output::Stdout {
         return Err(Failure::usage("container mode writes a safetensors file: give -o FILE, not -o -"));
     }
-    let mut config = tuning.config();
     if let Some(c) = t.chunk_size {
         config.chunk_size = c;
     }
@@ -754,6 +806,14 @@ async fn get(req: GetRequest, report: Report, tls: &PeerTls, tuning: Tuning) -> 
     let (mut opts, bar, wire) = options(&t.name, report.quiet);
     opts.chunk_size = tuning.chunk_size.or(t.chunk_size);
     opts.quantize = quantize;
+    // A killed `get` run again resumes from the ledger beside FILE.part.
+    opts.ledger = true;
+    if let (Output::File(path), GetMode::File) = (&output, mode) {
+        if let Some(l) = tensorwire::recv::PartLedger::load(path) {
+            let held: u64 = l.chunks.iter().map(|c| c.2).sum();
+            eprintln!("tensorwire: resuming {}.part: {held} bytes verified by an earlier run", path.display());
+        }
+    }
     if report.verbose {
         eprintln!(
             "tensorwire: GET {} from {} (mode {}, items {:?}, quantize {:?})",
@@ -776,15 +836,9 @@ async fn get(req: GetRequest, report: Report, tls: &PeerTls, tuning: Tuning) -> 
         }
         (Output::Stdout, _) => to_stdout(&client, &t.name, &opts).await.map_err(|e| e.named(&party)),
         (Output::File(path), GetMode::Container) => {
-            let cancel = opts.cancel.clone().unwrap_or_default();
-            let work = async {
-                let retriever = client.retrieve(&t.name, items.as_deref(), &opts).await?;
-                retriever.with_subnormals(subnormals).write_safetensors(path).await
-            };
-            tokio::select! {
-                r = work => r.map(|len| (len, None)).map_err(fail),
-                _ = cancel.cancelled() => Err(fail(Error::Cancelled)),
-            }
+            // Retried and resumed after a cut (SPEC.md §8.4).
+            let got = client.get_container_file_with(&t.name, items.as_deref(), path, &opts, subnormals).await;
+            got.map(|len| (len, None)).map_err(fail)
         }
     };
     if let Some(bar) = bar {
@@ -908,7 +962,7 @@ async fn to_stdout(client: &Client, name: &str, opts: &TransferOptions) -> Resul
     }
 }
 
-async fn put(file: PathBuf, url: &str, report: Report, tls: &PeerTls, tuning: Tuning) -> Result<(), Failure> {
+async fn put(file: PathBuf, url: &str, report: Report, tls: &PeerTls, config: Config) -> Result<(), Failure> {
     let t = target::parse_url(url)?;
     if t.mode.is_some() || t.items.is_some() || t.quantize.is_some() {
         return Err(Failure::usage(format!("{url}: a push takes no mode, items or quantize parameters")));
@@ -917,7 +971,7 @@ async fn put(file: PathBuf, url: &str, report: Report, tls: &PeerTls, tuning: Tu
         return Err(Failure::usage(format!("{}: not a readable file", file.display())));
     }
     let party = t.party();
-    let client = tls.connect(&t, tuning.config()).await?;
+    let client = tls.connect(&t, config).await?;
     let (opts, bar, _) = options(&t.name, report.quiet);
     if report.verbose {
         eprintln!("tensorwire: PUT {} as {} to {}", file.display(), t.name, t.endpoint);

@@ -8,6 +8,7 @@ use super::blockwise8::{self, Searcher};
 use super::fourbit::{self, Kind};
 use super::{ftz, tables};
 use crate::wire::meta::NESTED_GROUP_BLOCKS;
+pub use crate::wire::Subnormals;
 use crate::wire::{Dtype, Encoding};
 
 /// Bytes per element of a quantizable source dtype (`None` otherwise).
@@ -245,19 +246,6 @@ pub fn decode_span(
     out: &mut Vec<u8>,
 ) -> Result<(), String> {
     decode_span_with(encoding, dtype, wire, numel, out, Subnormals::Flush)
-}
-
-/// How a decoder treats products `table[code] × absmax` that are subnormal
-/// in f32 (SPEC.md §5.5): bitsandbytes builds its CUDA kernels with
-/// `--use_fast_math`, which flushes them to zero; its CPU path keeps them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Subnormals {
-    /// Flush to a zero of the same sign, as a CUDA peer (NVFlare) restores
-    /// them. The default.
-    #[default]
-    Flush,
-    /// Keep them, as bitsandbytes' CPU path does.
-    Keep,
 }
 
 /// [`decode_span`] with an explicit treatment of subnormal products.

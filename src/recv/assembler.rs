@@ -1,11 +1,12 @@
 //! [`Assembler`]: sans-IO reassembly of an object's items from chunk frames.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 
 use bytes::Bytes;
 
 use super::RangeSet;
+use crate::wire::crc::Combined;
 use crate::wire::{Abort, DecodeError, Frame, FrameKind, ItemHeader, ObjectEnd, ObjectHeader};
 
 /// What the assembler tells its sink, in order.
@@ -92,6 +93,35 @@ struct Ledger {
     header: ItemHeader,
     position: u64,
     have: RangeSet,
+    /// Placed chunks: offset → (length, CRC-32), to verify the item's CRC
+    /// without its bytes, whichever streams they came from.
+    chunks: BTreeMap<u64, (u64, u32)>,
+    /// The item's CRC once verified.
+    verified: Option<u32>,
+}
+
+impl Ledger {
+    /// The CRC of the whole item from its chunks' CRCs, when they tile it
+    /// exactly.
+    fn tiled_crc(&self) -> Option<u32> {
+        let mut crc = Combined::new();
+        for (&offset, &(len, c)) in &self.chunks {
+            if offset != crc.len() {
+                return None;
+            }
+            crc.push(c, len);
+        }
+        (crc.len() == self.header.len).then(|| crc.crc())
+    }
+
+    /// Forgets every byte: the item is needed whole again.
+    fn reset(&mut self) -> u64 {
+        let had = self.have.len();
+        self.have = RangeSet::new();
+        self.chunks.clear();
+        self.verified = None;
+        had
+    }
 }
 
 impl Assembler {
@@ -113,17 +143,8 @@ impl Assembler {
         match frame {
             Frame::ObjectHeader(h) => self.events.push_back(Event::Object(h)),
             Frame::ItemHeader(h) => self.item_header(h)?,
-            Frame::Chunk(c) => self.chunk(c.item, c.offset, c.data)?,
-            Frame::ItemEnd(e) => {
-                let ledger = self.ledger(e.item, FrameKind::ItemEnd)?;
-                let len = ledger.header.len;
-                // SPEC.md §7.3: the item is complete only when every byte is placed.
-                if !ledger.have.contains(0..len) {
-                    let actual = ledger.have.len();
-                    return Err(DecodeError::ItemEndMismatch { item: e.item, field: "length", claimed: len, actual });
-                }
-                self.events.push_back(Event::ItemDone { item: e.item, len: e.len, crc: e.crc });
-            }
+            Frame::Chunk(c) => self.chunk(c.item, c.offset, c.data, c.crc)?,
+            Frame::ItemEnd(e) => self.item_end(e.item, e.len, e.crc)?,
             Frame::ObjectEnd(e) => {
                 // SPEC.md §7.4: the object is complete only when every item is.
                 if (0..self.items.len()).any(|i| !self.missing(i as u32).is_empty()) {
@@ -151,6 +172,53 @@ impl Assembler {
             Some(l) => l.have.gaps(0..l.header.len),
             None => Vec::new(),
         }
+    }
+
+    /// Every chunk placed so far, item by item in offset order: (item,
+    /// offset, length, CRC-32). With [`Assembler::restore`] this carries the
+    /// ledger across processes.
+    pub fn chunks(&self) -> Vec<(u32, u64, u64, u32)> {
+        let mut out = Vec::new();
+        for (i, l) in self.items.iter().enumerate() {
+            out.extend(l.chunks.iter().map(|(&o, &(len, crc))| (i as u32, o, len, crc)));
+        }
+        out
+    }
+
+    /// Starts from an earlier run's record: `items` announced (indices 0..,
+    /// in order) and `chunks` placed, no events. Call on a new assembler.
+    ///
+    /// # Errors
+    ///
+    /// As [`Assembler::handle_frame`] for item headers and chunks that do
+    /// not fit (a damaged record).
+    pub fn restore(&mut self, items: Vec<ItemHeader>, chunks: &[(u32, u64, u64, u32)]) -> Result<(), DecodeError> {
+        for h in items {
+            self.item_header(h)?;
+        }
+        self.events.clear();
+        for &(item, offset, len, crc) in chunks {
+            let ledger = self.items.get_mut(item as usize).ok_or(DecodeError::ChunkWithoutItem { item, open: None })?;
+            let item_len = ledger.header.len;
+            let Some(end) = offset.checked_add(len).filter(|&e| e <= item_len && len > 0) else {
+                return Err(DecodeError::ChunkOutOfBounds { item, offset, len, item_len });
+            };
+            let before = ledger.have.len();
+            ledger.have.insert(offset..end);
+            ledger.chunks.insert(offset, (len, crc));
+            self.received += ledger.have.len() - before;
+        }
+        Ok(())
+    }
+
+    /// Items announced so far.
+    pub fn items(&self) -> u32 {
+        self.items.len() as u32
+    }
+
+    /// Whether item `item`'s CRC has been verified over everything placed.
+    pub fn is_verified(&self, item: u32) -> bool {
+        self.items.get(item as usize).is_some_and(|l| l.verified.is_some())
     }
 
     /// Bytes placed so far (each byte counted once).
@@ -188,11 +256,45 @@ impl Assembler {
         let position = self.next_position;
         self.next_position = self.next_position.saturating_add(h.len);
         self.events.push_back(Event::Item { header: h.clone(), position });
-        self.items.push(Ledger { header: h, position, have: RangeSet::new() });
+        self.items.push(Ledger { header: h, position, have: RangeSet::new(), chunks: BTreeMap::new(), verified: None });
         Ok(())
     }
 
-    fn chunk(&mut self, item: u32, offset: u64, data: Bytes) -> Result<(), DecodeError> {
+    fn item_end(&mut self, item: u32, len: u64, crc: u32) -> Result<(), DecodeError> {
+        self.ledger(item, FrameKind::ItemEnd)?;
+        let ledger = &mut self.items[item as usize];
+        let item_len = ledger.header.len;
+        // SPEC.md §7.3: the item is complete only when every byte is placed.
+        if !ledger.have.contains(0..item_len) {
+            let actual = ledger.have.len();
+            return Err(DecodeError::ItemEndMismatch { item, field: "length", claimed: item_len, actual });
+        }
+        // SPEC.md §7.3, §8.4: the CRC is checked over the assembled item,
+        // whichever streams its chunks came from. A mismatch means some
+        // placed chunk is wrong: the item is forgotten and needed whole.
+        let actual = ledger.tiled_crc();
+        if actual != Some(crc) {
+            self.received -= self.items[item as usize].reset();
+            return Err(DecodeError::ItemEndMismatch {
+                item,
+                field: "crc",
+                claimed: crc.into(),
+                actual: actual.map_or(u64::MAX, u64::from),
+            });
+        }
+        // SPEC.md §8.4: an item verified by an earlier stream must not change.
+        if ledger.verified.is_some_and(|v| v != crc) {
+            return Err(DecodeError::InconsistentItem {
+                item,
+                reason: "its CRC changed since an earlier stream".into(),
+            });
+        }
+        ledger.verified = Some(crc);
+        self.events.push_back(Event::ItemDone { item, len, crc });
+        Ok(())
+    }
+
+    fn chunk(&mut self, item: u32, offset: u64, data: Bytes, crc: u32) -> Result<(), DecodeError> {
         let Some(ledger) = self.items.get_mut(item as usize) else {
             return Err(DecodeError::ChunkWithoutItem { item, open: None });
         };
@@ -201,6 +303,19 @@ impl Assembler {
         let Some(end) = offset.checked_add(len).filter(|&e| e <= item_len) else {
             return Err(DecodeError::ChunkOutOfBounds { item, offset, len, item_len });
         };
+        // A chunk placed again at the same offset replaces the record; one
+        // that overlaps others differently leaves them out, and the item's
+        // CRC can then not be verified (it is needed again, whole).
+        let overlapped: Vec<u64> = ledger
+            .chunks
+            .range(..end)
+            .filter(|(&o, &(l, _))| o + l > offset && !(o == offset && l == len))
+            .map(|(&o, _)| o)
+            .collect();
+        for o in overlapped {
+            ledger.chunks.remove(&o);
+        }
+        ledger.chunks.insert(offset, (len, crc));
         let before = ledger.have.len();
         ledger.have.insert(offset..end);
         self.received += ledger.have.len() - before;
@@ -303,6 +418,103 @@ mod tests {
         let r = asm.handle_frame(Frame::ObjectEnd(ObjectEnd { items: 1, len: 10, crc: 0 }));
         assert!(r.is_err());
         assert!(!asm.is_done());
+        Ok(())
+    }
+
+    fn chunk(item: u32, offset: u64, data: &'static [u8]) -> Frame {
+        Frame::Chunk(Chunk::new(item, offset, Bytes::from_static(data)))
+    }
+
+    fn end(len: u64, data: &[u8]) -> Frame {
+        Frame::ItemEnd(ItemEnd { item: 0, len, crc: crc32fast::hash(data) })
+    }
+
+    #[test]
+    fn item_crc_is_verified_over_chunks_from_two_streams() -> Result<(), DecodeError> {
+        let mut asm = Assembler::new();
+        for f in frames_for(&[8]) {
+            asm.handle_frame(f)?;
+        }
+        asm.handle_frame(chunk(0, 0, b"abcd"))?;
+        // A second stream (a resume) brings the rest, and the header again.
+        asm.handle_frame(Frame::ItemHeader(ItemHeader::bytes(0, "i0", 8)))?;
+        asm.handle_frame(chunk(0, 4, b"efgh"))?;
+        asm.handle_frame(end(8, b"abcdefgh"))?;
+        assert!(asm.is_verified(0));
+        Ok(())
+    }
+
+    #[test]
+    fn item_end_with_wrong_crc_forgets_the_item() -> Result<(), DecodeError> {
+        let mut asm = Assembler::new();
+        for f in frames_for(&[8]) {
+            asm.handle_frame(f)?;
+        }
+        asm.handle_frame(chunk(0, 0, b"abcd"))?;
+        asm.handle_frame(chunk(0, 4, b"efgh"))?;
+        let r = asm.handle_frame(end(8, b"abcdefgX"));
+        assert!(matches!(r, Err(DecodeError::ItemEndMismatch { field: "crc", .. })), "{r:?}");
+        // Needed whole again: nothing of it is trusted.
+        assert_eq!(asm.missing(0), vec![0..8]);
+        assert_eq!(asm.received(), 0);
+        assert!(!asm.is_verified(0));
+        Ok(())
+    }
+
+    #[test]
+    fn chunk_boundaries_that_change_leave_the_item_unverifiable() -> Result<(), DecodeError> {
+        let mut asm = Assembler::new();
+        for f in frames_for(&[8]) {
+            asm.handle_frame(f)?;
+        }
+        asm.handle_frame(chunk(0, 0, b"abcd"))?;
+        asm.handle_frame(chunk(0, 4, b"efgh"))?;
+        asm.handle_frame(chunk(0, 2, b"cdef"))?;
+        let r = asm.handle_frame(end(8, b"abcdefgh"));
+        assert!(matches!(r, Err(DecodeError::ItemEndMismatch { field: "crc", .. })), "{r:?}");
+        assert_eq!(asm.missing(0), vec![0..8]);
+        Ok(())
+    }
+
+    #[test]
+    fn item_whose_crc_changed_since_an_earlier_stream_is_inconsistent() -> Result<(), DecodeError> {
+        let mut asm = Assembler::new();
+        for f in frames_for(&[4]) {
+            asm.handle_frame(f)?;
+        }
+        asm.handle_frame(chunk(0, 0, b"abcd"))?;
+        asm.handle_frame(end(4, b"abcd"))?;
+        asm.handle_frame(chunk(0, 0, b"abcX"))?;
+        let r = asm.handle_frame(end(4, b"abcX"));
+        assert!(matches!(r, Err(DecodeError::InconsistentItem { .. })), "{r:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn restore_rejects_a_chunk_past_the_item() {
+        let mut asm = Assembler::new();
+        let r = asm.restore(vec![ItemHeader::bytes(0, "i0", 8)], &[(0, 4, 8, 0)]);
+        assert!(matches!(r, Err(DecodeError::ChunkOutOfBounds { .. })), "{r:?}");
+    }
+
+    #[test]
+    fn restore_rejects_a_chunk_of_an_unknown_item() {
+        let mut asm = Assembler::new();
+        let r = asm.restore(vec![ItemHeader::bytes(0, "i0", 8)], &[(1, 0, 4, 0)]);
+        assert!(matches!(r, Err(DecodeError::ChunkWithoutItem { .. })), "{r:?}");
+    }
+
+    #[test]
+    fn restored_chunks_are_not_asked_for_and_count_towards_the_crc() -> Result<(), DecodeError> {
+        let mut asm = Assembler::new();
+        asm.restore(vec![ItemHeader::bytes(0, "i0", 8)], &[(0, 0, 4, crc32fast::hash(b"abcd"))])?;
+        assert_eq!(asm.missing(0), vec![4..8]);
+        assert!(asm.poll_event().is_none());
+        asm.handle_frame(Frame::ItemHeader(ItemHeader::bytes(0, "i0", 8)))?;
+        asm.handle_frame(chunk(0, 4, b"efgh"))?;
+        asm.handle_frame(end(8, b"abcdefgh"))?;
+        assert!(asm.is_verified(0));
+        assert_eq!(asm.chunks().len(), 2);
         Ok(())
     }
 

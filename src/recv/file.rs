@@ -106,6 +106,30 @@ impl FileSink {
         Err(io::Error::new(io::ErrorKind::AlreadyExists, "no free temporary upload name").into())
     }
 
+    /// Opens an existing `<dest>.part` to continue writing it (a resumed
+    /// transfer whose ledger vouches for it), creating it if missing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the file cannot be opened.
+    pub fn open_existing(dest: impl AsRef<Path>) -> Result<Self, Error> {
+        let dest = dest.as_ref().to_path_buf();
+        let mut part = dest.clone().into_os_string();
+        part.push(".part");
+        let part = PathBuf::from(part);
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&part)?;
+        Ok(FileSink { dest, part, file: Some(file), target: Target::Path })
+    }
+
+    /// Makes what was written so far durable (`fdatasync`). Blocking.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] from the sync.
+    pub fn sync_data(&self) -> Result<(), Error> {
+        Ok(self.file()?.sync_data()?)
+    }
+
     /// The final path.
     pub fn dest(&self) -> &Path {
         &self.dest

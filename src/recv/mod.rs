@@ -7,11 +7,15 @@
 #![forbid(unsafe_code)]
 
 mod assembler;
+mod container_file;
 mod file;
+mod ledger;
 mod ranges;
 mod retriever;
 
 pub use assembler::{Assembler, Event};
+pub use container_file::ContainerFile;
 pub use file::{remove_stale_uploads, validate_safetensors, FileSink, UPLOAD_PREFIX};
+pub use ledger::{PartLedger, SourceId};
 pub use ranges::RangeSet;
 pub use retriever::ObjectRetriever;

@@ -338,7 +338,10 @@ where
 /// The safetensors header (length prefix, JSON, space padding to 8 bytes)
 /// for tensors laid out back to back in `entries` order, and each tensor's
 /// data offset.
-fn safetensors_header(entries: &[IndexEntry], metadata: &[(String, String)]) -> Result<(Vec<u8>, Vec<u64>), Error> {
+pub(super) fn safetensors_header(
+    entries: &[IndexEntry],
+    metadata: &[(String, String)],
+) -> Result<(Vec<u8>, Vec<u64>), Error> {
     let mut offsets = Vec::with_capacity(entries.len());
     let mut infos = Vec::with_capacity(entries.len());
     let mut at = 0usize;
@@ -368,13 +371,15 @@ fn safetensors_header(entries: &[IndexEntry], metadata: &[(String, String)]) -> 
 }
 
 /// Where tensors go when the layout is not known up front.
-fn side_path(dest: &Path) -> std::path::PathBuf {
+pub(super) fn side_path(dest: &Path) -> std::path::PathBuf {
     let mut p = dest.as_os_str().to_owned();
     p.push(".data");
     p.into()
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
     tokio::task::spawn_blocking(f).await.map_err(|e| Error::Io(std::io::Error::other(e)))?
 }
 

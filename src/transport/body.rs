@@ -9,8 +9,10 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
 
+use super::flow::Meter;
+use super::request::Resume;
 use super::Config;
-use crate::recv::{Assembler, Event, FileSink};
+use crate::recv::{Assembler, Event, FileSink, PartLedger, SourceId};
 use crate::send::FORMAT_KEY;
 use crate::wire::{preamble, Budget, EncodedFrame, Frame, FrameDecoder, HEADER_LEN};
 use crate::Error;
@@ -155,6 +157,7 @@ pub struct FrameReceiver {
     charged: u64,
     /// Bytes received whose flow-control capacity is not released yet.
     unreleased: usize,
+    meter: Option<Arc<Meter>>,
 }
 
 /// How often a receiver waiting for budget tries again.
@@ -170,6 +173,7 @@ impl FrameReceiver {
             idle: config.idle_timeout,
             eof: false,
             received: 0,
+            meter: None,
             counter: Arc::default(),
             budget: None,
             charged: 0,
@@ -204,6 +208,20 @@ impl FrameReceiver {
             self.body.flow_control().release_capacity(std::mem::take(&mut self.unreleased))?;
         }
         Ok(())
+    }
+
+    /// Accepts chunks that skip ranges: the answer to a resume request
+    /// (SPEC.md §7.2 rule 5, §8.4). Call before the first frame.
+    pub(crate) fn allowing_gaps(mut self, limits: crate::wire::Limits) -> Self {
+        self.dec = FrameDecoder::with_sequencer(limits, crate::wire::Sequencer::new(limits).allowing_gaps());
+        self
+    }
+
+    /// Reports the bytes taken to the connection's flow control, which
+    /// sizes the receive windows from them.
+    pub(crate) fn metered(mut self, meter: Arc<Meter>) -> Self {
+        self.meter = Some(meter);
+        self
     }
 
     /// Body bytes received so far.
@@ -265,6 +283,9 @@ impl FrameReceiver {
                     // within the budget.
                     self.unreleased += n;
                     self.settle()?;
+                    if let Some(m) = &self.meter {
+                        m.record(n);
+                    }
                 }
             }
         }
@@ -332,57 +353,197 @@ pub(crate) struct Received {
     pub(crate) crc: u32,
 }
 
-/// Receives an object from `rx` into the file `dest` (via `<dest>.part`).
-pub(crate) async fn receive_file(
-    rx: &mut FrameReceiver,
-    dest: &Path,
-    progress: Option<&ProgressFn>,
-) -> Result<Received, Error> {
-    let dest_owned = dest.to_path_buf();
-    let sink = tokio::task::spawn_blocking(move || FileSink::create(dest_owned)).await.map_err(join)??;
-    receive_into(rx, sink, progress).await
-}
-
-/// Receives an object from `rx` into an already created `sink`, committed
-/// when the object end is verified.
+/// Receives an object from `rx` into an already created `sink` (a server's
+/// upload in a file of its own), committed when the object end is verified.
 pub(crate) async fn receive_into(
     rx: &mut FrameReceiver,
     sink: FileSink,
     progress: Option<&ProgressFn>,
 ) -> Result<Received, Error> {
-    let mut safetensors = sink.dest().extension().is_some_and(|e| e == "safetensors");
-    let sink = Arc::new(sink);
-    let mut asm = Assembler::new();
-    let mut total = None;
-    while let Some(frame) = rx.next_frame().await? {
-        asm.handle_frame(frame)?;
-        while let Some(event) = asm.poll_event() {
-            match event {
-                Event::Object(h) => {
-                    safetensors |= h.metadata.get(FORMAT_KEY).is_some_and(|f| f == "safetensors");
-                    total = h.total_len;
-                }
-                Event::Data { position, data, .. } => {
-                    let sink = Arc::clone(&sink);
-                    // Positioned writes block: run them off the runtime's threads.
-                    tokio::task::spawn_blocking(move || sink.write_at(position, &data)).await.map_err(join)??;
-                    if let Some(p) = progress {
-                        p(Progress { done: asm.received(), total });
-                    }
-                }
-                Event::Aborted(a) => return Err(Error::Aborted { code: a.code, message: a.message }),
-                Event::Done(end) => {
-                    let sink = Arc::try_unwrap(sink).map_err(|_| Error::Protocol("sink still in use"))?;
-                    tokio::task::spawn_blocking(move || sink.commit(end.len, safetensors)).await.map_err(join)??;
-                    return Ok(Received { len: end.len, items: end.items, crc: end.crc });
-                }
-                _ => {}
-            }
+    let dest = sink.dest().to_path_buf();
+    FileReceive::create_with(&dest, sink, Assembler::new()).take(rx, progress).await
+}
+
+/// One object arriving into a file, over one or more streams: the `.part`
+/// file and the assembler's ledger of verified ranges outlive a failed
+/// stream, so the next one asks only for what is missing (SPEC.md §8.4).
+/// Nothing is renamed into place before the object end was verified and
+/// every item's CRC checked over the assembled bytes.
+#[derive(Debug)]
+pub(crate) struct FileReceive {
+    sink: Option<Arc<FileSink>>,
+    asm: Assembler,
+    safetensors: bool,
+    total: Option<u64>,
+    /// With a ledger beside the `.part` file: what it records, and when it
+    /// was last saved.
+    ledger: Option<(PartLedger, std::time::Instant)>,
+    dest: std::path::PathBuf,
+}
+
+/// How often a ledger is saved while data arrives.
+const LEDGER_EVERY: Duration = Duration::from_millis(200);
+
+impl Drop for FileReceive {
+    fn drop(&mut self) {
+        // Not committed: the sink removes its `.part`; the ledger goes too.
+        if self.sink.is_some() && self.ledger.is_some() {
+            PartLedger::remove(&self.dest);
         }
     }
-    // The decoder only ends cleanly after an object end or an abort, both
-    // handled above.
-    Err(Error::Protocol("object ended without an object end"))
+}
+
+impl FileReceive {
+    /// Creates (or truncates) `<dest>.part`.
+    pub(crate) async fn create(dest: &Path) -> Result<Self, Error> {
+        let dest_owned = dest.to_path_buf();
+        let sink = tokio::task::spawn_blocking(move || FileSink::create(dest_owned)).await.map_err(join)??;
+        Ok(Self::create_with(dest, sink, Assembler::new()))
+    }
+
+    /// Like [`FileReceive::create`], with a ledger beside the `.part` file
+    /// that survives a killed process: when one written for the same
+    /// `request` is there, its verified chunks are kept and the `.part`
+    /// file is continued; otherwise both start afresh.
+    pub(crate) async fn create_resumable(dest: &Path, request: String) -> Result<Self, Error> {
+        let d = dest.to_path_buf();
+        let found = tokio::task::spawn_blocking(move || {
+            let found = PartLedger::load(&d).filter(|l| l.source.request == request);
+            let sink = match &found {
+                Some(_) => FileSink::open_existing(&d)?,
+                None => {
+                    PartLedger::remove(&d);
+                    FileSink::create(&d)?
+                }
+            };
+            let ledger = found.unwrap_or_else(|| PartLedger::new(SourceId { request, items: Vec::new() }));
+            Ok::<_, Error>((sink, ledger))
+        })
+        .await
+        .map_err(join)??;
+        let (sink, mut ledger) = found;
+        let mut asm = Assembler::new();
+        let items = ledger.source.items.iter().enumerate();
+        let headers = items.map(|(i, (name, len))| crate::wire::ItemHeader::bytes(i as u32, name.clone(), *len));
+        if asm.restore(headers.collect(), &ledger.chunks).is_err() {
+            // A damaged record: trust nothing of it.
+            asm = Assembler::new();
+        }
+        if asm.received() == 0 {
+            ledger.source.items.clear();
+            ledger.chunks.clear();
+            asm = Assembler::new();
+        }
+        let mut me = Self::create_with(dest, sink, asm);
+        me.ledger = Some((ledger, std::time::Instant::now()));
+        Ok(me)
+    }
+
+    fn create_with(dest: &Path, sink: FileSink, asm: Assembler) -> Self {
+        FileReceive {
+            sink: Some(Arc::new(sink)),
+            asm,
+            safetensors: dest.extension().is_some_and(|e| e == "safetensors"),
+            total: None,
+            ledger: None,
+            dest: dest.to_path_buf(),
+        }
+    }
+
+    /// Syncs the `.part` data and saves the ledger listing it, at most every
+    /// [`LEDGER_EVERY`] unless `now`.
+    async fn save_ledger(&mut self, now: bool) -> Result<(), Error> {
+        let Some((ledger, last)) = &mut self.ledger else { return Ok(()) };
+        if !now && last.elapsed() < LEDGER_EVERY {
+            return Ok(());
+        }
+        *last = std::time::Instant::now();
+        ledger.chunks = self.asm.chunks();
+        let (snapshot, dest) = (ledger.clone(), self.dest.clone());
+        let Some(sink) = self.sink.clone() else { return Ok(()) };
+        // The ledger lists only bytes already on disk.
+        tokio::task::spawn_blocking(move || {
+            sink.sync_data()?;
+            snapshot.save(&dest)
+        })
+        .await
+        .map_err(join)?
+    }
+
+    /// What to ask for on the next stream: `None` before any item is known
+    /// (ask for everything), else the ranges not placed yet.
+    pub(crate) fn resume(&self) -> Option<Resume> {
+        if self.asm.items() == 0 {
+            return None;
+        }
+        let mut r = Resume::default();
+        for item in 0..self.asm.items() {
+            r.need(item, self.asm.missing(item));
+        }
+        Some(r)
+    }
+
+    /// Forgets everything received (the source changed): the next stream
+    /// starts from zero.
+    pub(crate) fn restart(&mut self) {
+        self.asm = Assembler::new();
+        self.total = None;
+        if let Some((l, _)) = &mut self.ledger {
+            l.source.items.clear();
+            l.chunks.clear();
+        }
+    }
+
+    /// Takes one stream's frames; commits the file and returns once the
+    /// object is complete.
+    pub(crate) async fn take(
+        &mut self,
+        rx: &mut FrameReceiver,
+        progress: Option<&ProgressFn>,
+    ) -> Result<Received, Error> {
+        while let Some(frame) = rx.next_frame().await? {
+            self.asm.handle_frame(frame)?;
+            while let Some(event) = self.asm.poll_event() {
+                match event {
+                    Event::Object(h) => {
+                        self.safetensors |= h.metadata.get(FORMAT_KEY).is_some_and(|f| f == "safetensors");
+                        self.total = h.total_len;
+                    }
+                    Event::Item { header, .. } => {
+                        if let Some((l, _)) = &mut self.ledger {
+                            l.source.items.push((header.name.clone(), header.len));
+                        }
+                    }
+                    Event::Data { position, data, .. } => {
+                        let sink = Arc::clone(self.sink.as_ref().ok_or(Error::Protocol("file already committed"))?);
+                        // Positioned writes block: run them off the runtime's threads.
+                        tokio::task::spawn_blocking(move || sink.write_at(position, &data)).await.map_err(join)??;
+                        if let Some(p) = progress {
+                            p(Progress { done: self.asm.received(), total: self.total });
+                        }
+                        self.save_ledger(false).await?;
+                    }
+                    Event::Aborted(a) => return Err(Error::Aborted { code: a.code, message: a.message }),
+                    Event::Done(end) => {
+                        let sink = self.sink.take().ok_or(Error::Protocol("file already committed"))?;
+                        let sink = Arc::try_unwrap(sink).map_err(|_| Error::Protocol("sink still in use"))?;
+                        let safetensors = self.safetensors;
+                        tokio::task::spawn_blocking(move || sink.commit(end.len, safetensors))
+                            .await
+                            .map_err(join)??;
+                        if self.ledger.take().is_some() {
+                            PartLedger::remove(&self.dest);
+                        }
+                        return Ok(Received { len: end.len, items: end.items, crc: end.crc });
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // The decoder only ends cleanly after an object end or an abort, both
+        // handled above.
+        Err(Error::Protocol("object ended without an object end"))
+    }
 }
 
 pub(crate) fn join(e: tokio::task::JoinError) -> Error {

@@ -11,18 +11,19 @@ use tokio_util::sync::CancellationToken;
 
 use futures::StreamExt;
 
-use super::body::{join, receive_file, FrameReceiver, FrameSender, FrameStream, Progress, ProgressFn};
+use super::body::{join, FileReceive, FrameReceiver, FrameSender, FrameStream, Progress, ProgressFn};
+use super::flow::{self, Meter, Windows};
+use super::request::{ObjectRequest, Resume, RESUME_HEADER};
 use super::server::send_all;
 use super::tls::{handshake_error, Cleartext};
 use super::{object_path, ClientTls, Config, Endpoint};
-use crate::recv::ObjectRetriever;
+use crate::recv::{ContainerFile, ObjectRetriever};
 use crate::send::{ContainerStreamer, FileStreamer};
-use crate::wire::{EncodedFrame, Frame, CONTENT_TYPE};
+use crate::wire::{DecodeError, EncodedFrame, Frame, Mode, CONTENT_TYPE};
 use crate::Error;
 
-/// A client connection: cleartext HTTP/2 with prior knowledge
-/// ([`Client::connect`]), or TLS 1.3 with ALPN `h2` ([`Client::connect_tls`];
-/// [`Client::connect_to`] picks by the URL's scheme).
+/// A client connection: cleartext HTTP/2 with prior knowledge, or TLS 1.3
+/// with ALPN `h2` ([`Client::connect_tls`], [`Client::connect_to`]).
 ///
 /// Cheap to clone: clones share the connection, and every transfer is its
 /// own stream, so many can run at once. Each transfer is cancelled by
@@ -41,10 +42,25 @@ use crate::Error;
 /// ```
 #[derive(Debug, Clone)]
 pub struct Client {
-    send: h2::client::SendRequest<EncodedFrame>,
+    conn: Arc<std::sync::Mutex<Arc<Conn>>>,
+    /// Held while a replacement connection is being opened.
+    reconnecting: Arc<tokio::sync::Mutex<()>>,
+    /// Where to reconnect to; `None` for a client made with
+    /// [`Client::handshake`] over IO it was given.
+    addr: Option<String>,
+    /// The server name a TLS connection checks the certificate against;
+    /// `None` for cleartext.
+    tls_name: Option<String>,
     authority: String,
-    scheme: &'static str,
     config: Arc<Config>,
+}
+
+/// One HTTP/2 connection and its flow-control task.
+#[derive(Debug)]
+struct Conn {
+    send: h2::client::SendRequest<EncodedFrame>,
+    meter: Arc<Meter>,
+    windows: tokio::sync::watch::Receiver<Windows>,
 }
 
 /// What a completed transfer moved.
@@ -70,6 +86,11 @@ pub struct TransferOptions {
     /// Asks the server to quantize float tensors (container pulls only);
     /// the retriever restores them to their original dtype.
     pub quantize: Option<crate::wire::Scheme>,
+    /// File pulls ([`Client::get_file_with`]): keep a crash-safe ledger of
+    /// verified ranges beside `FILE.part` (synced every 200 ms), so that a
+    /// process killed mid-transfer resumes when it pulls the same object
+    /// from the same server into the same file again.
+    pub ledger: bool,
 }
 
 impl std::fmt::Debug for TransferOptions {
@@ -79,26 +100,30 @@ impl std::fmt::Debug for TransferOptions {
             .field("cancel", &self.cancel)
             .field("chunk_size", &self.chunk_size)
             .field("quantize", &self.quantize)
+            .field("ledger", &self.ledger)
             .finish()
     }
 }
 
 impl Client {
-    /// Connects over TCP (with `TCP_NODELAY`).
+    /// Connects over TCP (with `TCP_NODELAY`) and completes the HTTP/2
+    /// handshake, all within [`Config::connect_timeout`]. A transfer that
+    /// fails on a lost connection reconnects to the same address (see
+    /// [`Config::retries`]).
     ///
     /// # Errors
     ///
     /// [`Error::Io`], [`Error::Timeout`] or [`Error::Http`] when the
-    /// connection or the HTTP/2 handshake fails.
+    /// connection or the HTTP/2 handshake fails; a peer that accepts TCP but
+    /// does not answer in HTTP/2 fails with [`Error::Timeout`].
     pub async fn connect(addr: impl ToSocketAddrs, config: Config) -> Result<Self, Error> {
-        let tcp = tokio::time::timeout(config.connect_timeout, TcpStream::connect(addr))
+        let deadline = tokio::time::Instant::now() + config.connect_timeout;
+        let tcp = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
             .await
             .map_err(|_| Error::Timeout("connect"))??;
-        tcp.set_nodelay(true)?;
-        let authority = tcp.peer_addr()?.to_string();
-        // A TLS server's answer to the preface is refused with a message
-        // that says so.
-        Self::handshake(Cleartext::client(tcp), authority, config).await
+        let peer = tcp.peer_addr()?.to_string();
+        let conn = Self::open_tcp(tcp, &config, deadline).await?;
+        Ok(Self::with_conn(conn, Some(peer.clone()), None, peer, config))
     }
 
     /// Connects to an [`Endpoint`]: over TLS for `https://`, cleartext for
@@ -117,7 +142,9 @@ impl Client {
     /// Connects over TLS 1.3 (ALPN `h2`) with [`Config::client_tls`] (the
     /// system roots, no client certificate, when unset); the server's
     /// certificate must be valid for `server_name` (a DNS name or an IP
-    /// address).
+    /// address). TCP, TLS and HTTP/2 handshakes together take at most
+    /// [`Config::connect_timeout`]; a lost connection is reconnected the
+    /// same way.
     ///
     /// # Errors
     ///
@@ -127,21 +154,74 @@ impl Client {
     /// nor an IP address, [`Error::Protocol`] when the server does not
     /// agree on `h2`, and as [`Client::connect`].
     pub async fn connect_tls(addr: impl ToSocketAddrs, server_name: &str, config: Config) -> Result<Self, Error> {
+        let deadline = tokio::time::Instant::now() + config.connect_timeout;
+        let tcp = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
+            .await
+            .map_err(|_| Error::Timeout("connect"))??;
+        let peer = tcp.peer_addr()?;
+        let authority = Endpoint { tls: true, host: server_name.to_string(), port: peer.port() }.addr();
+        let conn = Self::open_tls(tcp, server_name, &config, deadline).await?;
+        Ok(Self::with_conn(conn, Some(peer.to_string()), Some(server_name.to_string()), authority, config))
+    }
+
+    /// Runs HTTP/2 over any IO (a `tokio::io::duplex` pipe in tests). The
+    /// connection is driven by a spawned task, which also runs the adaptive
+    /// flow control and keep-alive PINGs (see [`Config::max_window`]).
+    /// Returns once the peer has answered a PING, so a peer that does not
+    /// speak HTTP/2 fails here. Such a client cannot reconnect: retries
+    /// reuse the one connection.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Http`] when the handshake fails, [`Error::Timeout`] when the
+    /// peer does not answer within [`Config::connect_timeout`].
+    pub async fn handshake<IO>(io: IO, authority: impl Into<String>, config: Config) -> Result<Self, Error>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let deadline = tokio::time::Instant::now() + config.connect_timeout;
+        let conn = open(io, &config, deadline).await?;
+        Ok(Self::with_conn(conn, None, None, authority.into(), config))
+    }
+
+    fn with_conn(
+        conn: Conn,
+        addr: Option<String>,
+        tls_name: Option<String>,
+        authority: String,
+        config: Config,
+    ) -> Self {
+        Client {
+            conn: Arc::new(std::sync::Mutex::new(Arc::new(conn))),
+            reconnecting: Arc::default(),
+            addr,
+            tls_name,
+            authority,
+            config: Arc::new(config),
+        }
+    }
+
+    async fn open_tcp(tcp: TcpStream, config: &Config, deadline: tokio::time::Instant) -> Result<Conn, Error> {
+        tcp.set_nodelay(true)?;
+        // A TLS server's answer to the preface is refused with a message
+        // that says so.
+        open(Cleartext::client(tcp), config, deadline).await
+    }
+
+    async fn open_tls(
+        tcp: TcpStream,
+        server_name: &str,
+        config: &Config,
+        deadline: tokio::time::Instant,
+    ) -> Result<Conn, Error> {
+        tcp.set_nodelay(true)?;
         let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
             .map_err(|_| Error::InvalidUrl { url: server_name.to_string(), reason: "not a DNS name or IP address" })?;
         let tls = match &config.client_tls {
             Some(tls) => Arc::clone(tls),
             None => ClientTls::new().build()?,
         };
-        let started = tokio::time::Instant::now();
-        let tcp = tokio::time::timeout(config.connect_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| Error::Timeout("connect"))??;
-        tcp.set_nodelay(true)?;
-        let port = tcp.peer_addr()?.port();
-        let authority = Endpoint { tls: true, host: server_name.to_string(), port }.addr();
-        let left = config.connect_timeout.saturating_sub(started.elapsed());
-        let stream = tokio::time::timeout(left, tokio_rustls::TlsConnector::from(tls).connect(name, tcp))
+        let stream = tokio::time::timeout_at(deadline, tokio_rustls::TlsConnector::from(tls).connect(name, tcp))
             .await
             .map_err(|_| Error::Timeout("TLS handshake"))?
             .map_err(handshake_error)?;
@@ -149,32 +229,56 @@ impl Client {
         if stream.get_ref().1.alpn_protocol().is_some_and(|p| p != super::ALPN_H2) {
             return Err(Error::Protocol("the TLS server did not agree on h2 (ALPN)"));
         }
-        let mut client = Self::handshake(stream, authority, config).await?;
-        client.scheme = "https";
-        Ok(client)
+        open(stream, config, deadline).await
     }
 
-    /// Runs HTTP/2 over any IO (a `tokio::io::duplex` pipe in tests). The
-    /// connection is driven by a spawned task.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Http`] when the handshake fails.
-    pub async fn handshake<IO>(io: IO, authority: impl Into<String>, config: Config) -> Result<Self, Error>
-    where
-        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let (send, conn) = h2::client::Builder::new()
-            .initial_window_size(config.stream_window)
-            .initial_connection_window_size(config.connection_window)
-            .max_frame_size(config.frame_size())
-            .max_send_buffer_size(config.max_send_buffer)
-            .handshake::<_, EncodedFrame>(io)
-            .await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(Client { send, authority: authority.into(), scheme: "http", config: Arc::new(config) })
+    /// `https` over TLS, `http` otherwise.
+    fn scheme(&self) -> &'static str {
+        if self.tls_name.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The connection in use now.
+    fn current(&self) -> Arc<Conn> {
+        // A poisoned lock only means a panic elsewhere while swapping an Arc.
+        Arc::clone(&self.conn.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Replaces the connection `failed` with a new one to the same address,
+    /// unless another transfer already did.
+    async fn reconnect(&self, failed: &Arc<Conn>) -> Result<(), Error> {
+        let _one_at_a_time = self.reconnecting.lock().await;
+        let Some(addr) = &self.addr else { return Ok(()) };
+        if !Arc::ptr_eq(&self.current(), failed) {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + self.config.connect_timeout;
+        let tcp = tokio::time::timeout_at(deadline, TcpStream::connect(addr.as_str()))
+            .await
+            .map_err(|_| Error::Timeout("connect"))??;
+        let conn = match &self.tls_name {
+            Some(name) => Self::open_tls(tcp, name, &self.config, deadline).await?,
+            None => Self::open_tcp(tcp, &self.config, deadline).await?,
+        };
+        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(conn);
+        Ok(())
+    }
+
+    /// Waits before retry `attempt` (1, 2, ...): 100 ms, doubling, at most
+    /// [`Config::retry_max_wait`].
+    async fn backoff(&self, attempt: u32) {
+        let wait = RETRY_FIRST_WAIT.saturating_mul(1 << attempt.saturating_sub(1).min(20));
+        tokio::time::sleep(wait.min(self.config.retry_max_wait)).await;
+    }
+
+    /// The receive window per stream this connection advertises now: it
+    /// starts at [`Config::stream_window`] and follows the measured
+    /// bandwidth-delay product up to [`Config::max_window`].
+    pub fn receive_window(&self) -> u32 {
+        self.current().windows.borrow().stream
     }
 
     /// Pulls object `name` into the file `dest` (SPEC.md §8.2): written to
@@ -203,11 +307,97 @@ impl Client {
     ) -> Result<Transfer, Error> {
         let dest = dest.as_ref();
         cancellable(opts, async {
-            let mut rx = self.get(name, opts).await?;
-            let got = receive_file(&mut rx, dest, opts.progress.as_ref()).await?;
+            let mut req = ObjectRequest::new(name);
+            req.chunk_size = opts.chunk_size;
+            let mut file = if opts.ledger {
+                let key = format!("GET {}://{}{}?{}", self.scheme(), self.authority, object_path(name), req.to_query());
+                FileReceive::create_resumable(dest, key).await?
+            } else {
+                FileReceive::create(dest).await?
+            };
+            let got = self.pull(req, &mut file, opts).await?;
             Ok(Transfer { len: got.len, items: got.items, crc: got.crc })
         })
         .await
+    }
+
+    /// Pulls a container object into a safetensors file `dest`, tensor by
+    /// tensor (SPEC.md §8.2, `mode=container`): `items` selects tensors,
+    /// [`TransferOptions::quantize`] has the server quantize them (restored
+    /// here). Like [`Client::get_file`], it reconnects and resumes after a
+    /// cut, up to [`Config::retries`] times, and renames the file into place
+    /// only when the whole object is verified. Returns the file's length.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::get_file`].
+    pub async fn get_container_file(
+        &self,
+        name: &str,
+        items: Option<&[String]>,
+        dest: impl AsRef<Path>,
+        opts: &TransferOptions,
+    ) -> Result<u64, Error> {
+        self.get_container_file_with(name, items, dest, opts, crate::wire::Subnormals::default()).await
+    }
+
+    /// [`Client::get_container_file`], choosing how quantized tensors
+    /// restore f32-subnormal products (SPEC.md §5.5.2a).
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::get_file`].
+    pub async fn get_container_file_with(
+        &self,
+        name: &str,
+        items: Option<&[String]>,
+        dest: impl AsRef<Path>,
+        opts: &TransferOptions,
+        subnormals: crate::wire::Subnormals,
+    ) -> Result<u64, Error> {
+        let mut file = ContainerFile::new(dest).with_subnormals(subnormals);
+        cancellable(opts, self.pull(self.container_request(name, items, opts), &mut file, opts)).await
+    }
+
+    /// Runs a pull to completion: on a failure worth retrying, waits, gets a
+    /// new connection if the old one is gone, and asks again for what `recv`
+    /// still needs (SPEC.md §8.4).
+    async fn pull<R: Resumable>(
+        &self,
+        mut req: ObjectRequest,
+        recv: &mut R,
+        opts: &TransferOptions,
+    ) -> Result<R::Output, Error> {
+        let mut attempt = 0u32;
+        loop {
+            let conn = self.current();
+            req.resume = recv.resume();
+            let result = match self.request_object(&conn, &req).await {
+                Ok(rx) => recv.take(rx, opts.progress.as_ref()).await,
+                Err(e) => Err(e),
+            };
+            let e = match result {
+                Ok(out) => return Ok(out),
+                Err(e) if attempt < self.config.retries && worth_retrying(&e) => e,
+                Err(e) => return Err(e),
+            };
+            attempt += 1;
+            if matches!(e, Error::Decode(DecodeError::InconsistentItem { .. })) {
+                // SPEC.md §8.4: the source changed under a resume: start over.
+                recv.restart();
+            }
+            self.backoff(attempt).await;
+            if needs_new_connection(&e) {
+                // A failed reconnect is one more failed attempt.
+                while let Err(r) = self.reconnect(&conn).await {
+                    if attempt >= self.config.retries || !worth_retrying(&r) {
+                        return Err(r);
+                    }
+                    attempt += 1;
+                    self.backoff(attempt).await;
+                }
+            }
+        }
     }
 
     /// Requests object `name` and returns its frames as they arrive, for
@@ -217,45 +407,64 @@ impl Client {
     ///
     /// As [`Client::get_file`], for the request and the response head.
     pub async fn get(&self, name: &str, opts: &TransferOptions) -> Result<FrameReceiver, Error> {
-        self.request_object(name, &[], opts).await
+        let mut req = ObjectRequest::new(name);
+        req.chunk_size = opts.chunk_size;
+        self.get_request(&req).await
     }
 
-    async fn request_object(
-        &self,
-        name: &str,
-        query: &[String],
-        opts: &TransferOptions,
-    ) -> Result<FrameReceiver, Error> {
-        if name.is_empty() {
+    /// Sends a pull request built by hand (options, resume ranges) and
+    /// returns the frames of the answer. With [`ObjectRequest::resume`] set,
+    /// the frames skip what is not needed and the decoder allows the gaps
+    /// (SPEC.md §8.4); the caller checks the assembled items' CRCs (an
+    /// [`Assembler`](crate::recv::Assembler) does).
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::get`].
+    pub async fn get_request(&self, req: &ObjectRequest) -> Result<FrameReceiver, Error> {
+        self.request_object(&self.current(), req).await
+    }
+
+    async fn request_object(&self, conn: &Conn, req: &ObjectRequest) -> Result<FrameReceiver, Error> {
+        if req.name.is_empty() {
             // `/objects/` is the listing (SPEC.md §8.8), not an object.
             return Err(Error::InvalidName { name: String::new(), reason: "empty" });
         }
-        let mut query = query.to_vec();
-        if let Some(chunk) = opts.chunk_size {
-            query.push(format!("chunk_size={chunk}"));
-        }
-        let mut path = object_path(name);
+        let mut path = object_path(&req.name);
+        let query = req.to_query();
         if !query.is_empty() {
             path.push('?');
-            path.push_str(&query.join("&"));
+            path.push_str(&query);
         }
-        let req = self.request(Method::GET, &path)?;
-        let mut send = self.send.clone().ready().await.map_err(not_h2)?;
-        let (response, _) = send.send_request(req, true)?;
-        let response = response.await.map_err(not_h2)?;
+        let mut request = self.request(Method::GET, &path)?;
+        if let Some(resume) = req.resume_header() {
+            let value = http::HeaderValue::from_str(&resume).map_err(|_| Error::Protocol("resume header"))?;
+            request.headers_mut().insert(RESUME_HEADER, value);
+        }
+        let mut send = conn.send.clone().ready().await.map_err(not_h2)?;
+        let (response, _) = send.send_request(request, true)?;
+        // The response head is progress too: no answer within the idle
+        // timeout fails the request (retryable).
+        let response = tokio::time::timeout(self.config.idle_timeout, response)
+            .await
+            .map_err(|_| Error::Timeout("response"))?
+            .map_err(not_h2)?;
         let (head, body) = response.into_parts();
         if head.status != StatusCode::OK {
-            return Err(status_error(&head, body, name).await);
+            return Err(status_error(&head, body, &req.name).await);
         }
         let content_type = head.headers.get("content-type").and_then(|v| v.to_str().ok());
         if content_type != Some(CONTENT_TYPE) {
             return Err(Error::Protocol("response is not application/vnd.tensorwire"));
         }
-        Ok(FrameReceiver::new(body, &self.config))
+        let rx = FrameReceiver::new(body, &self.config).metered(Arc::clone(&conn.meter));
+        Ok(if req.resume.is_some() { rx.allowing_gaps(self.config.limits) } else { rx })
     }
 
     /// Pushes the file at `path` as object `name` (SPEC.md §8.3); returns
-    /// once the server has verified and stored it.
+    /// once the server has verified and stored it. A push that fails on a
+    /// lost connection is sent again from the start, up to
+    /// [`Config::retries`] times.
     ///
     /// # Errors
     ///
@@ -278,10 +487,25 @@ impl Client {
         opts: &TransferOptions,
     ) -> Result<Transfer, Error> {
         let path = path.as_ref().to_path_buf();
-        let streamer = tokio::task::spawn_blocking(move || FileStreamer::open(path)).await.map_err(join)??;
-        let streamer = streamer.with_name(name).with_chunk_size(self.config.chunk_size as usize);
-        let total = streamer.len();
-        self.push(name, futures::stream::iter(streamer.frames()), Some(total), opts).await
+        let mut attempt = 0u32;
+        loop {
+            let conn = self.current();
+            let p = path.clone();
+            let streamer = tokio::task::spawn_blocking(move || FileStreamer::open(p)).await.map_err(join)??;
+            let streamer = streamer.with_name(name).with_chunk_size(self.config.chunk_size as usize);
+            let total = streamer.len();
+            let e = match self.push(name, futures::stream::iter(streamer.frames()), Some(total), opts).await {
+                Ok(t) => return Ok(t),
+                // A push starts over: the server keeps no partial upload.
+                Err(e) if attempt < self.config.retries && e.is_retryable() => e,
+                Err(e) => return Err(e),
+            };
+            attempt += 1;
+            self.backoff(attempt).await;
+            if needs_new_connection(&e) {
+                self.reconnect(&conn).await?;
+            }
+        }
     }
 
     /// Pushes a container (SPEC.md §8.3): its tensors go out one at a time as
@@ -310,16 +534,7 @@ impl Client {
         items: Option<&[String]>,
         opts: &TransferOptions,
     ) -> Result<ObjectRetriever<FrameStream>, Error> {
-        let mut query = vec!["mode=container".to_string()];
-        if let Some(scheme) = opts.quantize {
-            query.push(format!("quantize={scheme}"));
-        }
-        if let Some(items) = items {
-            let encoded: Vec<String> =
-                items.iter().map(|n| percent_encoding::utf8_percent_encode(n, QUERY_VALUE).to_string()).collect();
-            query.push(format!("items={}", encoded.join(",")));
-        }
-        let rx = self.request_object(name, &query, opts).await?;
+        let rx = self.get_request(&self.container_request(name, items, opts)).await?;
         let frames = rx.into_stream();
         let Some(progress) = opts.progress.clone() else {
             return Ok(ObjectRetriever::new(frames));
@@ -338,6 +553,15 @@ impl Client {
         Ok(ObjectRetriever::new(Box::pin(frames)))
     }
 
+    fn container_request(&self, name: &str, items: Option<&[String]>, opts: &TransferOptions) -> ObjectRequest {
+        let mut req = ObjectRequest::new(name);
+        req.mode = Some(Mode::Container);
+        req.quantize = opts.quantize;
+        req.items = items.map(<[String]>::to_vec);
+        req.chunk_size = opts.chunk_size;
+        req
+    }
+
     async fn push(
         &self,
         name: &str,
@@ -348,7 +572,7 @@ impl Client {
         cancellable(opts, async {
             let mut req = self.request(Method::PUT, &object_path(name))?;
             req.headers_mut().insert("content-type", http::HeaderValue::from_static(CONTENT_TYPE));
-            let mut send = self.send.clone().ready().await.map_err(not_h2)?;
+            let mut send = self.current().send.clone().ready().await.map_err(not_h2)?;
             let (response, stream) = send.send_request(req, false)?;
             let mut tx = FrameSender::new(stream, &self.config);
             let progress = opts.progress.clone();
@@ -390,7 +614,7 @@ impl Client {
     fn request(&self, method: Method, path: &str) -> Result<Request<()>, Error> {
         Request::builder()
             .method(method)
-            .uri(format!("{}://{}{path}", self.scheme, self.authority))
+            .uri(format!("{}://{}{path}", self.scheme(), self.authority))
             .header("tensorwire-version", "1")
             .body(())
             .map_err(|_| Error::InvalidName { name: path.to_string(), reason: "not a valid request path" })
@@ -409,9 +633,170 @@ fn not_h2(e: h2::Error) -> Error {
 /// The header naming the item of a 404 for a missing item (SPEC.md §8.5).
 pub(crate) const MISSING_ITEM: &str = "tensorwire-missing-item";
 
-/// Characters escaped in a query value: everything but unreserved ones.
-const QUERY_VALUE: &percent_encoding::AsciiSet =
-    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+/// A receiver that keeps what it verified across streams.
+trait Resumable {
+    type Output;
+    /// What to ask for next; `None`: everything.
+    fn resume(&self) -> Option<Resume>;
+    /// Forgets everything received.
+    fn restart(&mut self);
+    /// Takes one stream, to the object's end.
+    async fn take(&mut self, rx: FrameReceiver, progress: Option<&ProgressFn>) -> Result<Self::Output, Error>;
+}
+
+impl Resumable for FileReceive {
+    type Output = super::body::Received;
+
+    fn resume(&self) -> Option<Resume> {
+        FileReceive::resume(self)
+    }
+
+    fn restart(&mut self) {
+        FileReceive::restart(self);
+    }
+
+    async fn take(&mut self, mut rx: FrameReceiver, progress: Option<&ProgressFn>) -> Result<Self::Output, Error> {
+        FileReceive::take(self, &mut rx, progress).await
+    }
+}
+
+impl Resumable for ContainerFile {
+    type Output = u64;
+
+    fn resume(&self) -> Option<Resume> {
+        let missing = self.missing()?;
+        let mut r = Resume::default();
+        for (item, ranges) in missing {
+            r.need(item, ranges);
+        }
+        Some(r)
+    }
+
+    fn restart(&mut self) {
+        ContainerFile::restart(self);
+    }
+
+    async fn take(&mut self, rx: FrameReceiver, progress: Option<&ProgressFn>) -> Result<u64, Error> {
+        let Some(progress) = progress.cloned() else {
+            return ContainerFile::take(self, &mut rx.into_stream()).await;
+        };
+        // Progress counts item data on the wire, as for `retrieve`.
+        let (mut done, mut total) = (0u64, None);
+        let mut frames = rx.into_stream().inspect(move |f| match f {
+            Ok(Frame::ObjectHeader(h)) => total = h.total_len,
+            Ok(Frame::Chunk(c)) => {
+                done += c.data.len() as u64;
+                progress(Progress { done, total });
+            }
+            _ => {}
+        });
+        ContainerFile::take(self, &mut frames).await
+    }
+}
+
+/// The first wait between retries; it doubles each time.
+const RETRY_FIRST_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Whether a failed pull is worth asking again: the connection or the
+/// stream failed, nothing arrived in time, or the bytes arrived damaged (a
+/// decode error: what was verified is kept, the rest is asked for again).
+fn worth_retrying(e: &Error) -> bool {
+    e.is_retryable() || matches!(e, Error::Decode(_))
+}
+
+/// Whether the connection itself should be replaced before retrying.
+fn needs_new_connection(e: &Error) -> bool {
+    !matches!(e, Error::Decode(_) | Error::Aborted { .. } | Error::Status { .. })
+}
+
+/// Opens HTTP/2 over `io`: handshake, flow-control task, driver; returns
+/// once the peer answered a PING, or fails at `deadline`.
+async fn open<IO>(io: IO, config: &Config, deadline: tokio::time::Instant) -> Result<Conn, Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let handshake = h2::client::Builder::new()
+        .initial_window_size(config.stream_window)
+        .initial_connection_window_size(config.connection_window)
+        .max_frame_size(config.frame_size())
+        .max_send_buffer_size(config.max_send_buffer)
+        .handshake::<_, EncodedFrame>(io);
+    let (send, mut conn) =
+        tokio::time::timeout_at(deadline, handshake).await.map_err(|_| Error::Timeout("HTTP/2 handshake"))??;
+    let ping = conn.ping_pong().ok_or(Error::Protocol("h2 connection without a PING handle"))?;
+    let flow = flow::spawn(ping, config);
+    let (meter, dead, windows) = (Arc::clone(&flow.meter), flow.dead.clone(), flow.windows.clone());
+    let (failed_tx, failed) = tokio::sync::oneshot::channel();
+    tokio::spawn(drive(conn, flow.windows, flow.dead, failed_tx));
+    match tokio::time::timeout_at(deadline, flow.ready).await {
+        Ok(Ok(_rtt)) => Ok(Conn { send, meter, windows }),
+        // The flow task ended: the connection failed before any answer. Say
+        // why (a TLS alert, an HTTP/1.1 server), as the connection saw it.
+        Ok(Err(_)) => {
+            dead.cancel();
+            match tokio::time::timeout(std::time::Duration::from_millis(200), failed).await {
+                Ok(Ok(e)) => Err(not_h2(e)),
+                _ => Err(Error::Protocol("connection closed during the HTTP/2 handshake")),
+            }
+        }
+        Err(_) => {
+            dead.cancel();
+            Err(Error::Timeout("HTTP/2 handshake"))
+        }
+    }
+}
+
+/// Drives an h2 client connection: applies the windows the flow task
+/// proposes, and drops the connection when the peer is found dead. The
+/// connection ends by itself once every handle and stream is gone; the flow
+/// task is then stopped.
+async fn drive<T>(
+    conn: h2::client::Connection<T, EncodedFrame>,
+    windows: tokio::sync::watch::Receiver<Windows>,
+    dead: CancellationToken,
+    failed: tokio::sync::oneshot::Sender<h2::Error>,
+) where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let _stop_flow = dead.clone().drop_guard();
+    drive_until_dead(conn, windows, dead, failed).await;
+}
+
+async fn drive_until_dead<T>(
+    mut conn: h2::client::Connection<T, EncodedFrame>,
+    mut windows: tokio::sync::watch::Receiver<Windows>,
+    dead: CancellationToken,
+    failed: tokio::sync::oneshot::Sender<h2::Error>,
+) where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        tokio::select! {
+            ended = &mut conn => {
+                // Whoever opened the connection may want to know why.
+                if let Err(e) = ended {
+                    let _ = failed.send(e);
+                }
+                return;
+            }
+            _ = dead.cancelled() => return,
+            changed = windows.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let w = *windows.borrow_and_update();
+                conn.set_target_window_size(w.connection);
+                if conn.set_initial_window_size(w.stream).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    tokio::select! {
+        _ = conn => {}
+        _ = dead.cancelled() => {}
+    }
+}
 
 /// Runs `fut` unless the options' token is cancelled first; dropping `fut`
 /// drops its streams, which resets them with `CANCEL`.

@@ -41,9 +41,11 @@ pub(crate) mod body;
 mod client;
 mod endpoint;
 mod events;
+pub(crate) mod flow;
 mod metrics;
 mod peer;
 mod registry;
+mod request;
 mod server;
 mod tls;
 
@@ -55,8 +57,10 @@ pub use body::{FrameReceiver, FrameStream, Progress, ProgressFn};
 pub use client::{Client, Transfer, TransferOptions};
 pub use endpoint::{Endpoint, DEFAULT_PORT};
 pub use events::{EventFn, ServerEvent};
+pub use flow::BdpEstimator;
 pub use peer::{Identity, Peer};
 pub use registry::{ContainerSource, Listed, PushHandler, Registry, MAX_LISTED};
+pub use request::{ObjectRequest, RequestError, Resume, MAX_RESUME_RANGES, RESUME_HEADER};
 #[cfg(any(fuzzing, test))]
 pub(crate) use server::fuzz_request;
 pub use server::{Server, ServerHandle};
@@ -68,9 +72,14 @@ use crate::wire::Limits;
 ///
 /// The defaults follow the measurements in `shared/reference/h2-and-anchors.md`:
 /// DATA frames of 1 MiB (h2's 16 KiB default costs one `writev` per 16 KiB),
-/// windows of a few MiB (enough for loopback and LAN; raise them to about
-/// twice the bandwidth-delay product on a WAN), a send buffer as large as the
-/// window (h2's 400 KiB default caps what is in flight), and 4 MiB chunks.
+/// initial windows of a few MiB (enough for loopback and LAN), a send buffer
+/// as large as the window (h2's 400 KiB default caps what is in flight), and
+/// 4 MiB chunks. Receive windows then grow with the measured
+/// bandwidth-delay product up to [`Config::max_window`] (128 MiB: 10 Gbit/s
+/// × 100 ms), and shrink back when the connection is idle; see
+/// [`BdpEstimator`]. What one transfer may hold in memory on the receiving
+/// side is its stream window plus one chunk, so at most `max_window` +
+/// `chunk_size`.
 ///
 /// ```
 /// use tensorwire::transport::Config;
@@ -142,7 +151,36 @@ pub struct Config {
     /// Most requests a server handles at once per verified client
     /// identity, all its connections together; more are answered `503`.
     pub max_streams_per_identity: usize,
+    /// Largest receive window (stream and connection) the adaptive flow
+    /// control may grow to; at most `stream_window` turns growth off.
+    pub max_window: u32,
+    /// The same cap for what a server receives (pushes). Every connection's
+    /// window is memory a peer can make the server hold, so a server does
+    /// not grow its windows past `connection_window` by default (the bound
+    /// is then `max_connections × connection_window`, SPEC.md §8.7); a
+    /// server that takes large pushes across a WAN raises it
+    /// (`serve --max-push-window`), which raises that bound to
+    /// `max_connections × max_push_window`.
+    pub max_push_window: u32,
+    /// A connection with no data for this long is probed with a PING.
+    pub keepalive_interval: Duration,
+    /// A PING unanswered for this long closes the connection (its
+    /// transfers fail as retryable); also bounds the HTTP/2 handshake
+    /// together with `connect_timeout`.
+    pub keepalive_timeout: Duration,
+    /// How often a client asks again after a pull failed on a lost or
+    /// stalled connection or on damaged bytes (reconnecting when the
+    /// connection is gone, resuming from what it verified; SPEC.md §8.4).
+    /// 0 fails at the first error.
+    pub retries: u32,
+    /// Longest wait between two attempts (the waits start at 100 ms and
+    /// double).
+    pub retry_max_wait: Duration,
 }
+
+/// The default [`Config::max_window`]: 128 MiB, at least the
+/// bandwidth-delay product of 10 Gbit/s × 100 ms (125 MB).
+pub const DEFAULT_MAX_WINDOW: u32 = 128 << 20;
 
 impl Default for Config {
     fn default() -> Self {
@@ -168,6 +206,12 @@ impl Default for Config {
             client_tls: None,
             max_connections_per_identity: 16,
             max_streams_per_identity: 256,
+            max_window: DEFAULT_MAX_WINDOW,
+            max_push_window: 8 << 20,
+            keepalive_interval: Duration::from_secs(20),
+            keepalive_timeout: Duration::from_secs(20),
+            retries: 5,
+            retry_max_wait: Duration::from_secs(30),
         }
     }
 }

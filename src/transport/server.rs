@@ -21,9 +21,10 @@ use super::tls::{handshake_error, Cleartext};
 use super::{Config, EventFn, Identity, Peer, Registry, ServerEvent};
 use futures::StreamExt;
 
+use super::{ObjectRequest, RESUME_HEADER};
 use crate::recv::ObjectRetriever;
 use crate::send::{ContainerStreamer, FileStreamer};
-use crate::wire::{Abort, AbortCode, Budget, EncodedFrame, Frame, CONTENT_TYPE};
+use crate::wire::{Abort, AbortCode, Budget, EncodedFrame, Frame, Mode, CONTENT_TYPE};
 use crate::Error;
 
 /// An HTTP/2 server for the objects of a [`Registry`]: `GET
@@ -509,6 +510,17 @@ where
     let mut conn = tokio::time::timeout(c.handshake_timeout, handshake)
         .await
         .map_err(|_| Error::Timeout("the HTTP/2 handshake"))??;
+    // Adaptive receive windows for pushes, and keep-alive (flow.rs).
+    let flow = conn.ping_pong().map(|ping| {
+        // SPEC.md §8.7: a server's windows are memory its peers can pin.
+        let capped = Config { max_window: c.max_push_window.max(c.connection_window), ..c.clone() };
+        super::flow::spawn(ping, &capped)
+    });
+    let (meter, mut windows, dead) = match flow {
+        Some(f) => (Some(f.meter), Some(f.windows), f.dead),
+        None => (None, None, tokio_util::sync::CancellationToken::new()),
+    };
+    let _stop_flow = dead.clone().drop_guard();
     // What this connection's streams may make the server hold.
     let budget = shared.budget.child(c.max_pinned_per_connection);
     let mut requests = JoinSet::new();
@@ -522,8 +534,9 @@ where
                     let shared = Arc::clone(&shared);
                     let budget = budget.clone();
                     let conn_info = Arc::clone(&conn_info);
+                    let meter = meter.clone();
                     shared.stats.tasks.fetch_add(1, Ordering::SeqCst);
-                    requests.spawn(async move { handle(req, respond, &shared, budget, &conn_info).await });
+                    requests.spawn(async move { handle(req, respond, &shared, budget, &conn_info, meter).await });
                 }
                 Some(Err(e)) => {
                     if e.is_io() || e.is_go_away() { break } else { return Err(e.into()) }
@@ -551,6 +564,16 @@ where
             _ = stop.wait_for(|s| *s), if !stopping => {
                 stopping = true;
                 conn.graceful_shutdown();
+            }
+            Some(w) = super::flow::next_windows(windows.as_mut()) => {
+                conn.set_target_window_size(w.connection);
+                let _ = conn.set_initial_window_size(w.stream);
+            }
+            _ = dead.cancelled() => {
+                // The peer stopped answering PINGs: close the connection so
+                // that its transfers fail now, not at their idle timeouts.
+                drop(conn);
+                break;
             }
         }
     }
@@ -593,13 +616,13 @@ struct Outcome {
 
 /// The methods `/objects/{name}` answers; anything else is a 405.
 const ALLOW: &str = "GET, HEAD, PUT";
-
 async fn handle(
     req: Request<RecvStream>,
     mut respond: SendResponse<EncodedFrame>,
     shared: &Shared,
     budget: Budget,
     conn: &Connection,
+    meter: Option<Arc<super::flow::Meter>>,
 ) {
     let _active = ActiveGuard::new(&shared.stats);
     shared.stats.started.fetch_add(1, Ordering::SeqCst);
@@ -624,7 +647,7 @@ async fn handle(
                 }
                 (&Method::GET, _) => get(&req, &mut respond, shared, budget, peer).await,
                 (&Method::HEAD, _) => head(&req, &mut respond, shared, peer).await,
-                (&Method::PUT, _) => put(req, &mut respond, shared, budget, peer).await,
+                (&Method::PUT, _) => put(req, &mut respond, shared, budget, peer, meter).await,
                 _ => Err(Reply::status(
                     StatusCode::METHOD_NOT_ALLOWED,
                     format!("{method} is not served here; allowed: {ALLOW}"),
@@ -844,7 +867,7 @@ impl From<Error> for Reply {
     fn from(e: Error) -> Self {
         // SPEC.md §8.5: the status says whose fault it was.
         let status = match &e {
-            Error::InvalidName { .. } => StatusCode::BAD_REQUEST,
+            Error::InvalidName { .. } | Error::Request(_) => StatusCode::BAD_REQUEST,
             Error::NotFound { .. } | Error::ItemNotFound { .. } => StatusCode::NOT_FOUND,
             Error::Forbidden { .. } => StatusCode::FORBIDDEN,
             Error::Decode(d) if d.is_limit() => StatusCode::PAYLOAD_TOO_LARGE,
@@ -862,44 +885,37 @@ impl From<Error> for Reply {
     }
 }
 
-/// The value of `key` in a query string (the first one).
-fn query<'a>(q: Option<&'a str>, key: &str) -> Option<&'a str> {
-    q?.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-}
-
-/// What a pull asks for (SPEC.md §8.2), parsed from its path and query.
+/// What a pull asks for (SPEC.md §8.2, §8.4): the typed [`ObjectRequest`]
+/// from its path, query and `tensorwire-resume` header, with the chunk size
+/// clamped into what this server sends.
 #[derive(Debug)]
 pub(crate) struct PullRequest {
     pub(crate) name: String,
     pub(crate) chunk: usize,
     pub(crate) items: Option<Vec<String>>,
     pub(crate) quantize: Option<crate::wire::Scheme>,
-    pub(crate) mode: Option<String>,
+    pub(crate) mode: Option<Mode>,
+    pub(crate) resume: Option<super::Resume>,
 }
 
 impl PullRequest {
-    /// Parses `uri`; nothing is opened.
-    pub(crate) fn parse(uri: &http::Uri, registry: &Registry, config: &Config) -> Result<Self, Reply> {
+    /// Parses `uri` and `headers`; nothing is opened.
+    pub(crate) fn parse(
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+        registry: &Registry,
+        config: &Config,
+    ) -> Result<Self, Reply> {
         let name = registry.decode_name(uri.path())?;
-        let q = uri.query();
-        let asked = match query(q, "chunk_size") {
-            Some(v) => Some(v.parse::<u32>().map_err(|_| Reply::status(StatusCode::BAD_REQUEST, "bad chunk_size"))?),
+        let resume = match headers.get(RESUME_HEADER) {
+            Some(v) => Some(v.to_str().map_err(|_| Reply::status(StatusCode::BAD_REQUEST, "bad tensorwire-resume"))?),
             None => None,
         };
+        let request = ObjectRequest::from_query(name, uri.query()).and_then(|r| r.with_resume_header(resume));
+        let ObjectRequest { name, mode, items, quantize, chunk_size, resume } = request.map_err(Error::from)?;
         // SPEC.md §8.2: clamped into the server's range, never refused.
-        let chunk = config.served_chunk_size(asked) as usize;
-        let items = query(q, "items").map(decode_list).transpose()?;
-        let quantize = match query(q, "quantize") {
-            Some(v) => Some(crate::wire::Scheme::parse(v).ok_or_else(|| {
-                Reply::status(
-                    StatusCode::BAD_REQUEST,
-                    format!("unknown quantization scheme {:?}", crate::wire::meta_truncate(v)),
-                )
-            })?),
-            None => None,
-        };
-        let mode = query(q, "mode").map(str::to_string);
-        Ok(PullRequest { name, chunk, items, quantize, mode })
+        let chunk = config.served_chunk_size(chunk_size) as usize;
+        Ok(PullRequest { name, chunk, items, quantize, mode, resume })
     }
 }
 
@@ -918,16 +934,16 @@ pub(crate) fn fuzz_request(target: &str, headers: &[(&[u8], &[u8])]) {
         let again = registry.decode_name(&super::object_path(&name));
         assert_eq!(again.as_deref().ok(), Some(name.as_str()), "{name:?} does not round-trip");
     }
-    if let Ok(uri) = target.parse::<http::Uri>() {
-        match PullRequest::parse(&uri, &registry, &config) {
-            Ok(r) => assert!((1..=config.limits.max_payload as usize).contains(&r.chunk)),
-            Err(reply) => assert!(reply.status.is_client_error(), "{}: {}", reply.status, reply.message),
-        }
-    }
     let mut map = http::HeaderMap::new();
     for (k, v) in headers {
         if let (Ok(k), Ok(v)) = (http::HeaderName::from_bytes(k), http::HeaderValue::from_bytes(v)) {
             map.append(k, v);
+        }
+    }
+    if let Ok(uri) = target.parse::<http::Uri>() {
+        match PullRequest::parse(&uri, &map, &registry, &config) {
+            Ok(r) => assert!((1..=config.limits.max_payload as usize).contains(&r.chunk)),
+            Err(reply) => assert!(reply.status.is_client_error(), "{}: {}", reply.status, reply.message),
         }
     }
     let _ = check_push_headers(&map);
@@ -941,7 +957,6 @@ fn check_push_headers(headers: &http::HeaderMap) -> Result<(), Reply> {
     }
     Ok(())
 }
-
 async fn get(
     req: &Request<RecvStream>,
     respond: &mut SendResponse<EncodedFrame>,
@@ -949,24 +964,24 @@ async fn get(
     budget: Budget,
     peer: &Peer,
 ) -> Result<Outcome, Reply> {
-    let PullRequest { name, chunk, items, quantize, mode } =
-        PullRequest::parse(req.uri(), &shared.registry, &shared.config)?;
+    let PullRequest { name, chunk, items, quantize, mode, resume } =
+        PullRequest::parse(req.uri(), req.headers(), &shared.registry, &shared.config)?;
     // SPEC.md §8.9: a pull is checked against the pull rules before the
     // object is looked up, so a refused peer learns nothing about it.
     shared.registry.authorize_get(peer, &name)?;
     let container = shared.registry.container(&name);
-    let mode = mode.as_deref().unwrap_or(if container.is_some() { "container" } else { "file" });
+    let mode = mode.unwrap_or(if container.is_some() { Mode::Container } else { Mode::File });
     let (frames, len, count): (futures::stream::BoxStream<'static, Result<Frame, Error>>, Option<u64>, Option<u64>) =
         match (mode, container) {
-            ("container", Some(model)) => {
+            (Mode::Container, Some(model)) => {
                 container_frames(ContainerStreamer::from_map(name, model), chunk, items, quantize)?
             }
-            ("container", None) => {
+            (Mode::Container, None) => {
                 let path = shared.registry.resolve(&name)?;
                 let streamer = blocking(move || ContainerStreamer::open_safetensors(path)).await?.with_name(name);
                 container_frames(streamer, chunk, items, quantize)?
             }
-            ("file", None) if items.is_none() && quantize.is_none() => {
+            (Mode::File, None) if items.is_none() && quantize.is_none() => {
                 let path = shared.registry.resolve(&name)?;
                 let streamer = blocking(move || FileStreamer::open(path)).await?;
                 let streamer = streamer.with_name(name).with_chunk_size(chunk);
@@ -976,10 +991,24 @@ async fn get(
             _ => {
                 return Err(Reply::status(
                     StatusCode::BAD_REQUEST,
-                    format!("mode {mode:?} with these options is not served for this object"),
+                    format!("mode {:?} with these options is not served for this object", mode.as_str()),
                 ))
             }
         };
+    // SPEC.md §8.4: resuming, the sender leaves out the chunks of which the
+    // receiver needs nothing; every other frame goes as usual.
+    let frames = match resume {
+        Some(resume) => frames
+            .filter(move |f| {
+                let keep = match f {
+                    Ok(Frame::Chunk(c)) => resume.wants(c.item, c.offset..c.offset + c.data.len() as u64),
+                    _ => true,
+                };
+                std::future::ready(keep)
+            })
+            .boxed(),
+        None => frames,
+    };
     let mut resp = Response::builder()
         .status(StatusCode::OK)
         .header("content-type", CONTENT_TYPE)
@@ -1008,7 +1037,7 @@ async fn get(
     let sent = send_all(&mut tx, frames).await;
     shared.metrics.bytes_sent.inc_by(tx.sent());
     Ok(Outcome {
-        mode: if mode == "file" { "file" } else { "container" },
+        mode: if mode == Mode::File { "file" } else { "container" },
         quantize: quantize.map(|q| q.to_string()),
         wire_bytes: tx.sent(),
         object_bytes: len,
@@ -1087,18 +1116,6 @@ fn container_frames(
     Ok((streamer.frames().boxed(), header.total_len, header.items))
 }
 
-/// A comma-separated list of percent-encoded names.
-fn decode_list(list: &str) -> Result<Vec<String>, Reply> {
-    list.split(',')
-        .map(|n| {
-            percent_encoding::percent_decode_str(n)
-                .decode_utf8()
-                .map(|s| s.into_owned())
-                .map_err(|_| Reply::status(StatusCode::BAD_REQUEST, "item names must be UTF-8"))
-        })
-        .collect()
-}
-
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
     tokio::task::spawn_blocking(f).await.map_err(join)?
 }
@@ -1141,6 +1158,7 @@ async fn put(
     shared: &Shared,
     budget: Budget,
     peer: &Peer,
+    meter: Option<Arc<super::flow::Meter>>,
 ) -> Result<Outcome, Reply> {
     let name = match shared.registry.decode_name(req.uri().path()) {
         Ok(name) => name,
@@ -1155,6 +1173,9 @@ async fn put(
         return Err(reply.with_body(req.into_body()));
     }
     let mut rx = FrameReceiver::new(req.into_body(), &shared.config).with_budget(budget);
+    if let Some(m) = meter {
+        rx = rx.metered(m);
+    }
     let received = rx.counter();
     let stored = if let Some(handler) = shared.registry.push_handler() {
         handler(name.clone(), peer.clone(), ObjectRetriever::new(rx.into_stream())).await.map(|()| None)

@@ -47,7 +47,7 @@ pub use header::{FrameHeader, FrameKind};
 pub use limits::Limits;
 pub(crate) use meta::truncate as meta_truncate;
 pub use meta::{Dtype, Encoding, Mode};
-pub use scheme::Scheme;
+pub use scheme::{Scheme, Subnormals};
 pub use sequence::{Sequencer, SequencerEvent};
 
 /// The four magic bytes that open every object (SPEC.md §2): ASCII `TWIR`.

@@ -113,3 +113,16 @@ impl std::fmt::Display for Scheme {
         f.write_str(self.as_str())
     }
 }
+
+/// How a decoder treats products `table[code] × absmax` that are subnormal
+/// in f32 (SPEC.md §5.5): bitsandbytes builds its CUDA kernels with
+/// `--use_fast_math`, which flushes them to zero; its CPU path keeps them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Subnormals {
+    /// Flush to a zero of the same sign, as a CUDA peer (NVFlare) restores
+    /// them. The default.
+    #[default]
+    Flush,
+    /// Keep them, as bitsandbytes' CPU path does.
+    Keep,
+}

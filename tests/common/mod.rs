@@ -2,6 +2,8 @@
 //! with a shutdown guard, and an in-memory (duplex) connection.
 #![allow(dead_code)]
 
+pub mod wan;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
