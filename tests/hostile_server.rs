@@ -632,3 +632,40 @@ async fn connections_beyond_the_limits_are_closed_at_once() {
     let got = get_eventually(server.addr, "ok.bin", dir.path(), Duration::from_secs(10)).await;
     assert_eq!(got, data);
 }
+
+/// The send budget makes pulls wait their turn, never fail: twelve
+/// concurrent quantized pulls on one connection, with room for two frames
+/// at a time, all complete and restore the model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quantized_pulls_beyond_the_budget_wait_their_turn() {
+    use std::sync::Arc;
+
+    use tensorwire::tensor::{Dtype, Tensor, TensorMap};
+    use tensorwire::transport::{Config, Registry, TransferOptions};
+    let mut model = TensorMap::new();
+    for i in 0..2 {
+        let data: Vec<u8> = (0..(1u32 << 20)).flat_map(|v| ((v % 512) as f32).to_le_bytes()).collect();
+        let name = format!("w{i}");
+        model.insert(name.clone(), Tensor::new(name, Dtype::F32, vec![1 << 20], data.into()).expect("tensor"));
+    }
+    let config = Config { max_pinned: 12 << 20, ..Config::default() };
+    let registry = Registry::new().with_container("m", Arc::new(model.clone()));
+    let server = common::TestServer::start(registry, config).await;
+    let client = server.client(Config::default()).await;
+    let opts = TransferOptions {
+        quantize: Some(tensorwire::quant::Scheme::parse("fp16").expect("fp16")),
+        ..Default::default()
+    };
+    let pulls = (0..12).map(|_| {
+        let (client, opts) = (client.clone(), opts.clone());
+        async move { client.retrieve("m", None, &opts).await?.collect_map().await }
+    });
+    let started = Instant::now();
+    for got in futures::future::join_all(pulls).await {
+        let got = got.unwrap_or_else(|e| panic!("a pull failed while waiting for the budget: {e}"));
+        assert_eq!(got.len(), 2);
+        assert_eq!(got["w1"].data(), model["w1"].data(), "fp16 restores these small integers exactly");
+    }
+    println!("12 quantized pulls within a 12 MiB send budget: {:?}", started.elapsed());
+    assert_eq!(server.handle.pinned_bytes(), 0, "the budget was not given back");
+}

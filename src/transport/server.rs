@@ -597,10 +597,7 @@ async fn get(
     // it, and counts until it is handed to HTTP/2, so readers that do not
     // read cannot make the server quantize without bound.
     let frames = match quantize {
-        Some(_) => {
-            let c = &shared.config;
-            gated(frames, budget, chunk as u64 + 4096, c.max_send_buffer as u64, c.idle_timeout)
-        }
+        Some(_) => gated(frames, budget, chunk as u64 + 4096),
         None => frames,
     };
     // From here on failures reach the client as an abort frame or a reset.
@@ -609,42 +606,29 @@ async fn get(
 }
 
 /// `frames`, each pulled only after `estimate` bytes were taken from
-/// `budget` (waiting up to `idle` for room). A frame's share (its encoded
-/// length once known) stays taken after it was handed to HTTP/2, for as long
-/// as h2 may still be holding it: until the stream's later frames add up to
-/// `buffered` (h2's per-stream send buffer), or the stream ends.
-fn gated(frames: Frames, budget: Budget, estimate: u64, buffered: u64, idle: Duration) -> Frames {
+/// `budget`, and counted (its encoded length) until the next one is asked
+/// for, that is until it has been handed to HTTP/2, or the stream ends.
+///
+/// A stream holds budget only while it produces or sends one frame, and
+/// sending fails after the idle timeout without window: the holders make
+/// progress or let go, so a pull waiting its turn never deadlocks and needs
+/// no deadline of its own. (What h2 then buffers is bounded by its send
+/// buffer per stream.)
+fn gated(frames: Frames, budget: Budget, estimate: u64) -> Frames {
     struct Gate {
         frames: Frames,
         budget: Budget,
-        /// The frame being sent, then the ones h2 may still hold, newest last.
-        held: std::collections::VecDeque<u64>,
+        held: u64,
     }
     impl Drop for Gate {
         fn drop(&mut self) {
-            self.budget.give(self.held.iter().sum());
+            self.budget.give(self.held);
         }
     }
-    let gate = Gate { frames, budget, held: std::collections::VecDeque::new() };
+    let gate = Gate { frames, budget, held: 0 };
     futures::stream::unfold(gate, move |mut g| async move {
-        // Older frames have left h2's buffer once newer ones fill it.
-        let (mut newer, mut keep) = (0, 0);
-        for &n in g.held.iter().rev() {
-            if newer >= buffered {
-                break;
-            }
-            newer += n;
-            keep += 1;
-        }
-        while g.held.len() > keep {
-            let n = g.held.pop_front().unwrap_or(0);
-            g.budget.give(n);
-        }
-        let deadline = tokio::time::Instant::now() + idle;
+        g.budget.give(std::mem::take(&mut g.held));
         while !g.budget.try_take(estimate) {
-            if tokio::time::Instant::now() >= deadline {
-                return Some((Err(Error::Timeout("the server's memory budget for frames being sent")), g));
-            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let next = g.frames.next().await;
@@ -653,7 +637,7 @@ fn gated(frames: Frames, budget: Budget, estimate: u64, buffered: u64, idle: Dur
             _ => 0,
         };
         g.budget.give(estimate - len);
-        g.held.push_back(len);
+        g.held = len;
         Some((next?, g))
     })
     .boxed()
