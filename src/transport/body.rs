@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
 
 use super::Config;
@@ -79,7 +79,6 @@ impl FrameSender {
     }
 
     async fn send(&mut self, mut buf: EncodedFrame, eos: bool) -> Result<(), Error> {
-        use bytes::Buf;
         if !buf.has_remaining() {
             if eos {
                 self.stream.send_data(buf, true)?;
@@ -123,10 +122,11 @@ async fn capacity(stream: &mut SendStream<EncodedFrame>) -> Result<usize, Error>
 
 /// Decodes the frames of an object arriving as an h2 body.
 ///
-/// Flow-control capacity is released as soon as the bytes of a DATA frame
-/// have been copied into the decoder's buffer, and the next DATA frame is
-/// only read when the consumer asks for the next frame: the consumer's pace
-/// is the sender's pace, and memory stays at one frame plus the window.
+/// Flow-control capacity is released as soon as a DATA frame has been
+/// taken, and the next DATA frame is only read when the consumer asks for
+/// the next frame: the consumer's pace is the sender's pace, and memory
+/// stays at one frame plus the window. A frame that straddles DATA frames is
+/// copied once, into a buffer allocated when all of it has arrived.
 ///
 /// With a [`Budget`] (a server's, per connection), bytes are released to
 /// the sender only while they fit in it: what a peer makes the receiver hold
@@ -137,13 +137,15 @@ async fn capacity(stream: &mut SendStream<EncodedFrame>) -> Result<usize, Error>
 pub struct FrameReceiver {
     body: RecvStream,
     dec: FrameDecoder,
-    buf: BytesMut,
+    /// The pieces of a frame that straddles DATA frames, as they came.
+    parts: Vec<Bytes>,
+    parts_len: usize,
     pending: Bytes,
     idle: Duration,
     eof: bool,
     received: u64,
     budget: Option<Budget>,
-    /// Bytes taken from the budget for what `buf` and `pending` hold.
+    /// Bytes taken from the budget for what `parts` and `pending` hold.
     charged: u64,
     /// Bytes received whose flow-control capacity is not released yet.
     unreleased: usize,
@@ -157,7 +159,8 @@ impl FrameReceiver {
         FrameReceiver {
             body,
             dec: FrameDecoder::with_limits(config.limits),
-            buf: BytesMut::new(),
+            parts: Vec::new(),
+            parts_len: 0,
             pending: Bytes::new(),
             idle: config.idle_timeout,
             eof: false,
@@ -185,7 +188,7 @@ impl FrameReceiver {
             }
             return Ok(());
         };
-        let held = (self.buf.len() + self.pending.len()) as u64;
+        let held = (self.parts_len + self.pending.len()) as u64;
         if self.charged > held {
             budget.give(self.charged - held);
             self.charged = held;
@@ -212,19 +215,25 @@ impl FrameReceiver {
     pub async fn next_frame(&mut self) -> Result<Option<Frame>, Error> {
         loop {
             // Zero copy while frames lie whole within a DATA frame.
-            if self.buf.is_empty() && !self.pending.is_empty() {
+            if self.parts.is_empty() && !self.pending.is_empty() {
                 if let Some(f) = self.dec.decode_frame_bytes(&mut self.pending)? {
                     return Ok(Some(f));
                 }
-                // A frame straddles DATA frames: its start is copied once.
-                self.buf.extend_from_slice(&self.pending);
-                self.pending = Bytes::new();
+                // A frame straddles DATA frames: its pieces are kept as they
+                // came until all of it has arrived.
+                if !self.pending.is_empty() {
+                    self.parts_len += self.pending.len();
+                    self.parts.push(std::mem::take(&mut self.pending));
+                }
             }
-            if let Some(f) = self.dec.decode_frame(&mut self.buf)? {
-                return Ok(Some(f));
+            if !self.parts.is_empty() && self.parts_len >= self.dec.awaiting() {
+                if let Some(f) = self.coalesce()? {
+                    return Ok(Some(f));
+                }
+                continue;
             }
             if self.eof {
-                self.dec.finish(&self.buf)?;
+                self.dec.finish_with(self.parts_len + self.pending.len())?;
                 return Ok(None);
             }
             self.settle()?;
@@ -239,19 +248,45 @@ impl FrameReceiver {
                 Some(Ok(data)) => {
                     let n = data.len();
                     self.received += n as u64;
-                    if self.buf.is_empty() {
+                    if self.parts.is_empty() {
                         self.pending = data;
-                    } else {
-                        self.buf.extend_from_slice(&data);
+                    } else if n > 0 {
+                        self.parts_len += n;
+                        self.parts.push(data);
                     }
                     // The bytes are ours now (at most one DATA frame held, or
-                    // one partial frame copied): the sender may send more,
-                    // within the budget.
+                    // the pieces of one partial frame): the sender may send
+                    // more, within the budget.
                     self.unreleased += n;
                     self.settle()?;
                 }
             }
         }
+    }
+
+    /// Every byte the decoder awaits has arrived in `parts`: copies exactly
+    /// those into one buffer of their size (the one copy of a straddling
+    /// frame; nothing is reserved before the bytes are here) and decodes.
+    /// What follows them in the last piece becomes `pending` again.
+    fn coalesce(&mut self) -> Result<Option<Frame>, Error> {
+        let need = self.dec.awaiting();
+        let mut buf = BytesMut::with_capacity(need);
+        for mut part in std::mem::take(&mut self.parts) {
+            let n = (need - buf.len()).min(part.len());
+            buf.extend_from_slice(&part[..n]);
+            part.advance(n);
+            if !part.is_empty() {
+                // Only the last piece can reach past the frame: the ones
+                // before it were all needed.
+                self.pending = part;
+            }
+        }
+        self.parts_len = 0;
+        let frame = self.dec.decode_frame(&mut buf)?;
+        // A header completed here leaves its payload still to come: nothing
+        // of `buf` is left, since it held exactly what was awaited.
+        debug_assert!(buf.is_empty());
+        Ok(frame)
     }
 
     /// Waits for data while some capacity is held back for want of budget,
