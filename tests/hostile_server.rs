@@ -669,3 +669,36 @@ async fn quantized_pulls_beyond_the_budget_wait_their_turn() {
     println!("12 quantized pulls within a 12 MiB send budget: {:?}", started.elapsed());
     assert_eq!(server.handle.pinned_bytes(), 0, "the budget was not given back");
 }
+
+/// Streams that hold files (pushes into their upload file, pulls from disk)
+/// are bounded per server: past `max_open_files` the answer is 503, so
+/// streams cannot exhaust descriptors the way connections used to. A push
+/// opens its file only once a verified chunk has arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_files_are_bounded() {
+    use tensorwire::transport::{Config, Registry};
+    let (dir, data) = root("files");
+    let config = Config { max_open_files: 2, ..Config::default() };
+    let server = common::TestServer::start(Registry::root(dir.join("srv")).expect("root"), config).await;
+    let mut conn = h2_connect(server.addr, 1 << 20).await;
+    let mut held = Vec::new();
+    let object = file_object("x", &bytes(1 << 20, 5), 64 << 10);
+    for _ in 0..2 {
+        // Half an object: its upload file is open, the push unfinished.
+        let (resp, mut body) = start_put(&mut conn, "x").await;
+        send(&mut body, object[..object.len() / 2].to_vec(), false);
+        held.push((resp, body));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while files_starting(&dir.join("srv"), UPLOAD_PREFIX).len() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, text) = response_text(start_get(&mut conn, "/objects/ok.bin").await).await;
+    assert_eq!(status, 503, "{text}");
+    let (resp, mut body) = start_put(&mut conn, "y").await;
+    send(&mut body, file_object("y", b"y", 1), true);
+    assert_eq!(response_text(resp).await.0, 503);
+    drop(held);
+    let got = get_eventually(server.addr, "ok.bin", dir.path(), Duration::from_secs(10)).await;
+    assert_eq!(got, data);
+}

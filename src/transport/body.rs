@@ -359,18 +359,23 @@ pub(crate) async fn receive_file(
 ) -> Result<Received, Error> {
     let dest_owned = dest.to_path_buf();
     let sink = tokio::task::spawn_blocking(move || FileSink::create(dest_owned)).await.map_err(join)??;
-    receive_into(rx, sink, progress).await
+    let safetensors = dest.extension().is_some_and(|e| e == "safetensors");
+    receive_into(rx, move || Ok(sink), safetensors, progress).await
 }
 
-/// Receives an object from `rx` into an already created `sink`, committed
-/// when the object end is verified.
+/// Receives an object from `rx` into the sink `open` returns, called (on the
+/// blocking pool) when the first data arrive or at the object end, and
+/// committed when the object end is verified: a server opens an upload's
+/// file only for a push that has sent a verified chunk. `safetensors`: the
+/// destination is a safetensors file whatever the object says.
 pub(crate) async fn receive_into(
     rx: &mut FrameReceiver,
-    sink: FileSink,
+    open: impl FnOnce() -> Result<FileSink, Error> + Send + 'static,
+    mut safetensors: bool,
     progress: Option<&ProgressFn>,
 ) -> Result<Received, Error> {
-    let mut safetensors = sink.dest().extension().is_some_and(|e| e == "safetensors");
-    let sink = Arc::new(sink);
+    let mut open = Some(open);
+    let mut sink: Option<Arc<FileSink>> = None;
     let mut asm = Assembler::new();
     let mut total = None;
     while let Some(frame) = rx.next_frame().await? {
@@ -382,7 +387,7 @@ pub(crate) async fn receive_into(
                     total = h.total_len;
                 }
                 Event::Data { position, data, .. } => {
-                    let sink = Arc::clone(&sink);
+                    let sink = Arc::clone(opened(&mut sink, &mut open).await?);
                     // Positioned writes block: run them off the runtime's threads.
                     tokio::task::spawn_blocking(move || sink.write_at(position, &data)).await.map_err(join)??;
                     if let Some(p) = progress {
@@ -391,7 +396,9 @@ pub(crate) async fn receive_into(
                 }
                 Event::Aborted(a) => return Err(Error::Aborted { code: a.code, message: a.message }),
                 Event::Done(end) => {
-                    let sink = Arc::try_unwrap(sink).map_err(|_| Error::Protocol("sink still in use"))?;
+                    opened(&mut sink, &mut open).await?;
+                    let sink = sink.take().and_then(|s| Arc::try_unwrap(s).ok());
+                    let sink = sink.ok_or(Error::Protocol("sink still in use"))?;
                     tokio::task::spawn_blocking(move || sink.commit(end.len, safetensors)).await.map_err(join)??;
                     return Ok(Received { len: end.len, items: end.items, crc: end.crc });
                 }
@@ -402,6 +409,18 @@ pub(crate) async fn receive_into(
     // The decoder only ends cleanly after an object end or an abort, both
     // handled above.
     Err(Error::Protocol("object ended without an object end"))
+}
+
+/// The sink, opened by `open` on first use.
+async fn opened<'a, F>(sink: &'a mut Option<Arc<FileSink>>, open: &mut Option<F>) -> Result<&'a Arc<FileSink>, Error>
+where
+    F: FnOnce() -> Result<FileSink, Error> + Send + 'static,
+{
+    if sink.is_none() {
+        let open = open.take().ok_or(Error::Protocol("sink opened twice"))?;
+        *sink = Some(Arc::new(tokio::task::spawn_blocking(open).await.map_err(join)??));
+    }
+    sink.as_ref().ok_or(Error::Protocol("sink not opened"))
 }
 
 pub(crate) fn join(e: tokio::task::JoinError) -> Error {

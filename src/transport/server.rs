@@ -64,12 +64,20 @@ struct Shared {
     budget: Budget,
     /// Open connections per peer address.
     peers: Mutex<HashMap<IpAddr, usize>>,
+    /// Files held open by transfers.
+    files: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
     fn new(registry: Registry, config: Config) -> Self {
         let budget = Budget::new(config.max_pinned);
-        Shared { registry, config, stats: Arc::default(), budget, peers: Mutex::default() }
+        let files = Arc::new(tokio::sync::Semaphore::new(config.max_open_files));
+        Shared { registry, config, stats: Arc::default(), budget, peers: Mutex::default(), files }
+    }
+
+    /// A place for one more open file, or 503 (SPEC.md §8.5: at capacity).
+    fn open_file_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
+        Arc::clone(&self.files).try_acquire_owned().map_err(|_| Error::AtCapacity("files open for transfers"))
     }
 }
 
@@ -459,6 +467,7 @@ impl From<Error> for Reply {
             Error::Safetensors(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Decode(_) | Error::Aborted { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Error::AtCapacity(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Reply::status(status, e.to_string())
@@ -554,6 +563,8 @@ async fn get(
     let PullRequest { name, chunk, items, quantize, mode } =
         PullRequest::parse(req.uri(), &shared.registry, &shared.config)?;
     let container = shared.registry.container(&name);
+    // Held while the transfer lasts when it reads a file.
+    let _file = if container.is_none() { Some(shared.open_file_slot()?) } else { None };
     let mode = mode.as_deref().unwrap_or(if container.is_some() { "container" } else { "file" });
     let (frames, len, count): (futures::stream::BoxStream<'static, Result<Frame, Error>>, Option<u64>, Option<u64>) =
         match (mode, container) {
@@ -725,9 +736,16 @@ async fn put(
     } else {
         // SPEC.md §8.3: each push into a file of its own, renamed into
         // place once verified; the last verified push wins.
+        // The upload's file is opened when its first verified data arrive.
         let registry = shared.registry.clone();
-        let sink = blocking(move || registry.create_upload(&name)).await?;
-        let got = receive_into(&mut rx, sink, None).await?;
+        let files = Arc::clone(&shared.files);
+        let safetensors = name.ends_with(".safetensors");
+        let open = move || {
+            // SPEC.md §8.5: 503 at capacity.
+            let slot = files.try_acquire_owned().map_err(|_| Error::AtCapacity("files open for transfers"))?;
+            Ok(registry.create_upload(&name)?.holding(slot))
+        };
+        let got = receive_into(&mut rx, open, safetensors, None).await?;
         format!(r#"{{"items":{},"len":{},"crc":{}}}"#, got.items, got.len, got.crc)
     };
     let resp = Response::builder()
