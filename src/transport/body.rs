@@ -28,13 +28,21 @@ pub(crate) struct FrameSender {
     staged: BytesMut,
     idle: Duration,
     counter: Option<Arc<std::sync::atomic::AtomicU64>>,
+    gate: Option<Arc<super::written::SendGate>>,
 }
 
 impl FrameSender {
     pub(crate) fn new(stream: SendStream<EncodedFrame>, config: &Config) -> Self {
         let mut staged = BytesMut::with_capacity(COALESCE_BYTES);
         staged.put_slice(&preamble());
-        FrameSender { stream, staged, idle: config.idle_timeout, counter: None }
+        FrameSender { stream, staged, idle: config.idle_timeout, counter: None, gate: None }
+    }
+
+    /// Hands h2 data only while the connection's `gate` has room: what h2
+    /// holds unwritten stays bounded per connection.
+    pub(crate) fn gated(mut self, gate: Arc<super::written::SendGate>) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     /// Counts every byte handed to h2 in `counter`.
@@ -91,6 +99,9 @@ impl FrameSender {
                 .await
                 .map_err(|_| Error::Timeout("send capacity"))??;
             let part = buf.split_to(granted.min(buf.remaining()));
+            if let Some(gate) = &self.gate {
+                gate.wait_for_room(part.remaining() as u64, self.idle).await?;
+            }
             if let Some(c) = &self.counter {
                 c.fetch_add(part.remaining() as u64, std::sync::atomic::Ordering::Relaxed);
             }

@@ -36,6 +36,7 @@ pub(crate) mod body;
 mod client;
 mod registry;
 mod server;
+mod written;
 
 use std::time::Duration;
 

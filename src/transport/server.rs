@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::body::{join, receive_into, FrameReceiver, FrameSender};
+use super::written::{SendGate, Written};
 use super::{Config, Registry};
 use futures::StreamExt;
 
@@ -362,6 +363,10 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let c = &shared.config;
+    // What this connection's streams may leave queued in h2, unwritten: a
+    // peer that never reads its socket holds at most this much.
+    let gate = SendGate::new(2 * c.max_send_buffer as u64);
+    let io = Written::new(io, Arc::clone(&gate));
     let handshake = h2::server::Builder::new()
         .initial_window_size(c.stream_window)
         .initial_connection_window_size(c.connection_window)
@@ -384,9 +389,9 @@ where
             next = conn.accept() => match next {
                 Some(Ok((req, respond))) => {
                     let shared = Arc::clone(&shared);
-                    let budget = budget.clone();
+                    let (budget, gate) = (budget.clone(), Arc::clone(&gate));
                     shared.stats.tasks.fetch_add(1, Ordering::SeqCst);
-                    requests.spawn(async move { handle(req, respond, &shared, budget).await });
+                    requests.spawn(async move { handle(req, respond, &shared, budget, gate).await });
                 }
                 Some(Err(e)) => {
                     if e.is_io() || e.is_go_away() { break } else { return Err(e.into()) }
@@ -423,11 +428,17 @@ where
     Ok(())
 }
 
-async fn handle(req: Request<RecvStream>, mut respond: SendResponse<EncodedFrame>, shared: &Shared, budget: Budget) {
+async fn handle(
+    req: Request<RecvStream>,
+    mut respond: SendResponse<EncodedFrame>,
+    shared: &Shared,
+    budget: Budget,
+    gate: Arc<SendGate>,
+) {
     let _active = ActiveGuard::new(&shared.stats);
     shared.stats.started.fetch_add(1, Ordering::SeqCst);
     let result = match *req.method() {
-        Method::GET => get(&req, &mut respond, shared, budget).await,
+        Method::GET => get(&req, &mut respond, shared, budget, gate).await,
         Method::PUT => put(req, &mut respond, shared, budget).await,
         _ => Err(Reply::status(StatusCode::METHOD_NOT_ALLOWED, "only GET and PUT")),
     };
@@ -559,6 +570,7 @@ async fn get(
     respond: &mut SendResponse<EncodedFrame>,
     shared: &Shared,
     budget: Budget,
+    gate: Arc<SendGate>,
 ) -> Result<(), Reply> {
     let PullRequest { name, chunk, items, quantize, mode } =
         PullRequest::parse(req.uri(), &shared.registry, &shared.config)?;
@@ -602,7 +614,7 @@ async fn get(
     }
     let resp = resp.body(()).map_err(|e| Reply::status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let stream = respond.send_response(resp, false).map_err(Error::from)?;
-    let mut tx = FrameSender::new(stream, &shared.config).counting(Arc::clone(&shared.stats.sent));
+    let mut tx = FrameSender::new(stream, &shared.config).counting(Arc::clone(&shared.stats.sent)).gated(gate);
     // Quantized frames are new buffers (others are slices of a mapping or of
     // tensors in memory): one is produced only once the budget has room for
     // it, and counts until it is handed to HTTP/2, so readers that do not
