@@ -598,6 +598,22 @@ async fn status_codes_and_messages_say_what_happened() {
     let (status, text) = response_text(resp).await;
     assert_eq!(status, 408, "{text}");
     assert!(text.contains("timed out"), "{text}");
+    // A push that trickles a byte at a time: not progress (before, each
+    // byte restarted the idle timeout).
+    let (resp, mut body) = start_put(&mut conn, "x").await;
+    send(&mut body, declared_chunk(16 << 20), false);
+    let trickle = tokio::spawn(async move {
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            send(&mut body, vec![0u8], false);
+        }
+        body
+    });
+    let started = Instant::now();
+    let (status, text) = response_text(resp).await;
+    assert_eq!(status, 408, "{text}");
+    assert!(started.elapsed() < Duration::from_secs(4), "a trickle kept the push alive for {:?}", started.elapsed());
+    drop(trickle);
     // A push cut inside a frame.
     let (resp, mut body) = start_put(&mut conn, "x").await;
     let mut cut = declared_chunk(100);

@@ -173,7 +173,8 @@ struct ServerBounds {
     /// Seconds a connection may stay open with no request in flight [120].
     #[arg(long, value_parser = parse_secs)]
     idle_connection_timeout: Option<std::time::Duration>,
-    /// Seconds a transfer may make no progress (no data, no window) [60].
+    /// Seconds a transfer may make no progress (no frame completed and
+    /// under 64 KiB received, or no window) [60].
     #[arg(long, value_parser = parse_secs)]
     idle_timeout: Option<std::time::Duration>,
     /// Bytes one connection may make the server hold in partial frames and

@@ -160,10 +160,18 @@ pub struct FrameReceiver {
     charged: u64,
     /// Bytes received whose flow-control capacity is not released yet.
     unreleased: usize,
+    /// Time spent waiting for data since the last progress.
+    stalled: Duration,
+    /// Bytes received since the last progress.
+    trickled: usize,
 }
 
 /// How often a receiver waiting for budget tries again.
 const BUDGET_RETRY: Duration = Duration::from_millis(20);
+
+/// Bytes that count as progress without completing a frame: a peer that
+/// trickles less within the idle timeout times out (SPEC.md §8.7).
+const MIN_PROGRESS_BYTES: usize = 64 << 10;
 
 impl FrameReceiver {
     pub(crate) fn new(body: RecvStream, config: &Config) -> Self {
@@ -179,6 +187,8 @@ impl FrameReceiver {
             budget: None,
             charged: 0,
             unreleased: 0,
+            stalled: Duration::ZERO,
+            trickled: 0,
         }
     }
 
@@ -228,6 +238,7 @@ impl FrameReceiver {
             // Zero copy while frames lie whole within a DATA frame.
             if self.parts.is_empty() && !self.pending.is_empty() {
                 if let Some(f) = self.dec.decode_frame_bytes(&mut self.pending)? {
+                    self.progressed();
                     return Ok(Some(f));
                 }
                 // A frame straddles DATA frames: its pieces are kept as they
@@ -239,6 +250,7 @@ impl FrameReceiver {
             }
             if !self.parts.is_empty() && self.parts_len >= self.dec.awaiting() {
                 if let Some(f) = self.coalesce()? {
+                    self.progressed();
                     return Ok(Some(f));
                 }
                 continue;
@@ -248,11 +260,7 @@ impl FrameReceiver {
                 return Ok(None);
             }
             self.settle()?;
-            let data = if self.unreleased == 0 {
-                tokio::time::timeout(self.idle, self.body.data()).await.map_err(|_| Error::Timeout("data"))?
-            } else {
-                self.data_within_budget().await?
-            };
+            let data = self.wait_for_data().await?;
             match data {
                 None => self.eof = true,
                 Some(Err(e)) => return Err(e.into()),
@@ -270,6 +278,10 @@ impl FrameReceiver {
                     // more, within the budget.
                     self.unreleased += n;
                     self.settle()?;
+                    self.trickled += n;
+                    if self.trickled >= MIN_PROGRESS_BYTES {
+                        self.progressed();
+                    }
                 }
             }
         }
@@ -300,20 +312,42 @@ impl FrameReceiver {
         Ok(frame)
     }
 
-    /// Waits for data while some capacity is held back for want of budget,
-    /// releasing it as soon as the budget has room; fails after the idle
-    /// timeout without progress.
-    async fn data_within_budget(&mut self) -> Result<Option<Result<Bytes, h2::Error>>, Error> {
-        let deadline = tokio::time::Instant::now() + self.idle;
-        loop {
-            let tick = (tokio::time::Instant::now() + BUDGET_RETRY).min(deadline);
+    /// A frame was completed, or enough bytes arrived: the stall clock
+    /// starts again.
+    fn progressed(&mut self) {
+        self.stalled = Duration::ZERO;
+        self.trickled = 0;
+    }
+
+    /// The next DATA frame (or the end), waiting at most what is left of the
+    /// idle timeout since the last progress. Time the consumer spends
+    /// between calls does not count. While capacity is held back for want of
+    /// budget, it is released as soon as the budget has room.
+    async fn wait_for_data(&mut self) -> Result<Option<Result<Bytes, h2::Error>>, Error> {
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.idle.saturating_sub(self.stalled);
+        let data = loop {
+            let tick = if self.unreleased == 0 {
+                deadline
+            } else {
+                (tokio::time::Instant::now() + BUDGET_RETRY).min(deadline)
+            };
             if let Ok(data) = tokio::time::timeout_at(tick, self.body.data()).await {
-                return Ok(data);
+                break Some(data);
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(Error::Timeout("data (the server's memory budget for partial frames is in use)"));
+                break None;
             }
             self.settle()?;
+        };
+        self.stalled += started.elapsed();
+        match data {
+            Some(data) => Ok(data),
+            None if self.unreleased > 0 => {
+                Err(Error::Timeout("data (the server's memory budget for partial frames is in use)"))
+            }
+            // SPEC.md §8.7: a trickle of bytes is not progress.
+            None => Err(Error::Timeout("data (no frame completed and under 64 KiB arrived within the idle timeout)")),
         }
     }
 }
