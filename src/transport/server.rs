@@ -249,7 +249,13 @@ impl Server {
         let (shutdown, _) = watch::channel(false);
         let shared = Arc::new(Shared::new(registry, config));
         // Uploads interrupted by a crash or a kill of an earlier run.
-        let stale = shared.registry.remove_stale_uploads().unwrap_or(0);
+        let stale = match shared.registry.remove_stale_uploads() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not look for temporary upload files left by an earlier run");
+                0
+            }
+        };
         if stale > 0 {
             tracing::info!(removed = stale, "removed temporary upload files left by an earlier run");
         }
