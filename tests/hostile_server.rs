@@ -726,3 +726,48 @@ async fn open_files_are_bounded() {
     let got = get_eventually(server.addr, "ok.bin", dir.path(), Duration::from_secs(10)).await;
     assert_eq!(got, data);
 }
+
+/// How a push is cut into DATA frames does not matter: one byte at a time,
+/// headers and payloads split anywhere, all give the same stored file; and
+/// bytes after the object end are refused however they arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_split_anywhere_store_the_same_bytes() {
+    use tensorwire::transport::{Config, Registry};
+    let (dir, _) = root("split");
+    let server = common::TestServer::start(Registry::root(dir.join("srv")).expect("root"), Config::default()).await;
+    let mut conn = h2_connect(server.addr, 1 << 20).await;
+    let data = bytes(200_000, 9);
+    let object = file_object("s.bin", &data, 70_000);
+    for (round, sizes) in
+        [vec![1usize], vec![7, 29, 3], vec![28, 70_028], vec![65_536], vec![object.len()]].into_iter().enumerate()
+    {
+        let (resp, mut body) = start_put(&mut conn, "s.bin").await;
+        let mut at = 0;
+        for size in sizes.iter().cycle() {
+            if at >= object.len() {
+                break;
+            }
+            let end = (at + size).min(object.len());
+            // Single bytes at the start only: 1-byte DATA frames are slow.
+            let end = if *size == 1 && at > 300 { object.len() } else { end };
+            send(&mut body, object[at..end].to_vec(), false);
+            at = end;
+        }
+        send(&mut body, Vec::new(), true);
+        let (status, text) = response_text(resp).await;
+        assert_eq!(status, 201, "round {round}: {text}");
+        assert_eq!(std::fs::read(dir.join("srv/s.bin")).expect("stored"), data, "round {round}");
+        std::fs::remove_file(dir.join("srv/s.bin")).expect("rm");
+    }
+    for split in [object.len(), object.len() - 10] {
+        let (resp, mut body) = start_put(&mut conn, "s.bin").await;
+        let mut with_junk = object.clone();
+        with_junk.extend_from_slice(b"junk");
+        send(&mut body, with_junk[..split].to_vec(), false);
+        send(&mut body, with_junk[split..].to_vec(), true);
+        let (status, text) = response_text(resp).await;
+        assert_eq!(status, 422, "{text}");
+        assert!(text.contains("bytes after the end of the object"), "{text}");
+        assert!(!dir.join("srv/s.bin").exists());
+    }
+}

@@ -441,6 +441,11 @@ pub(crate) async fn receive_into(
                 }
                 Event::Aborted(a) => return Err(Error::Aborted { code: a.code, message: a.message }),
                 Event::Done(end) => {
+                    // SPEC.md §7.5: nothing may follow the object end; the
+                    // stream must end before the file is committed.
+                    if rx.next_frame().await?.is_some() {
+                        return Err(Error::Protocol("a frame after the object end"));
+                    }
                     opened(&mut sink, &mut open).await?;
                     let sink = sink.take().and_then(|s| Arc::try_unwrap(s).ok());
                     let sink = sink.ok_or(Error::Protocol("sink still in use"))?;
