@@ -703,7 +703,8 @@ async fn open_files_are_bounded() {
     use tensorwire::transport::{Config, Registry};
     let (dir, data) = root("files");
     let config = Config { max_open_files: 2, ..Config::default() };
-    let server = common::TestServer::start(Registry::root(dir.join("srv")).expect("root"), config).await;
+    let server =
+        common::TestServer::start(Registry::root(dir.join("srv")).expect("root").accept_pushes(true), config).await;
     let mut conn = h2_connect(server.addr, 1 << 20).await;
     let mut held = Vec::new();
     let object = file_object("x", &bytes(1 << 20, 5), 64 << 10);
@@ -734,7 +735,11 @@ async fn open_files_are_bounded() {
 async fn pushes_split_anywhere_store_the_same_bytes() {
     use tensorwire::transport::{Config, Registry};
     let (dir, _) = root("split");
-    let server = common::TestServer::start(Registry::root(dir.join("srv")).expect("root"), Config::default()).await;
+    let server = common::TestServer::start(
+        Registry::root(dir.join("srv")).expect("root").accept_pushes(true),
+        Config::default(),
+    )
+    .await;
     let mut conn = h2_connect(server.addr, 1 << 20).await;
     let data = bytes(200_000, 9);
     let object = file_object("s.bin", &data, 70_000);
