@@ -78,6 +78,9 @@ pub enum Error {
     /// The transfer was cancelled by this side.
     #[error("cancelled")]
     Cancelled,
+    /// A server has no room for this request now (HTTP 503): try again.
+    #[error("server at capacity: {0}")]
+    AtCapacity(&'static str),
     /// Nothing arrived within the configured time.
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
@@ -161,7 +164,7 @@ impl Error {
                     | std::io::ErrorKind::UnexpectedEof
             ),
             Error::Http(e) => e.is_io() || e.is_go_away(),
-            Error::Timeout(_) => true,
+            Error::Timeout(_) | Error::AtCapacity(_) => true,
             Error::Status { status, .. } => *status == 503,
             _ => false,
         }

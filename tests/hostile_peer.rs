@@ -171,3 +171,13 @@ async fn container_with_wrong_count_is_rejected() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn bytes_after_the_object_end_are_rejected() {
+    // SPEC.md §7.5: the file is committed only once the stream has ended
+    // right after the object end.
+    let mut body = valid_object(b"hello, world");
+    body.extend_from_slice(b"junk");
+    let err = expect_failure(body).await;
+    assert!(matches!(err, Error::Decode(tensorwire::wire::DecodeError::TrailingData)), "{err}");
+}

@@ -80,19 +80,27 @@ async fn descriptor_exhaustion_backs_off_and_keeps_serving() {
     }
     let (dir, data) = root("f2");
     // Limits above the descriptor limit, so that accept() really fails.
-    let args = ["--max-connections", "5000", "--max-connections-per-peer", "5000", "--handshake-timeout", "2"];
+    // The stock 10 s handshake timeout: long enough for every connection to
+    // arrive (those past the listen backlog are retried by the kernel).
+    let args = ["--max-connections", "5000", "--max-connections-per-peer", "5000"];
     let mut server = Served::start_limited(&dir.join("srv"), &args, Some(1024));
+    // One after the other: a flood of SYNs past the listen backlog would be
+    // answered with syncookies, and some "connected" sockets would never
+    // reach the server at all.
     let mut idle = Vec::with_capacity(IDLE);
     for _ in 0..IDLE {
-        match tokio::net::TcpStream::connect(server.addr).await {
-            Ok(s) => idle.push(s),
-            Err(e) => panic!("connect: {e}"),
-        }
+        idle.push(tokio::net::TcpStream::connect(server.addr).await.expect("connect"));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Connections past the listen backlog reach accept() as the kernel
+    // retries them: wait (bounded) until the server has run out.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while !server.log().contains("accept failed; backing off") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("{IDLE} idle connections: the server holds {} descriptors", server.open_fds());
+    assert!(server.log().contains("accept failed; backing off"), "no accept error was logged:\n{}", server.log());
     assert!(server.open_fds() <= 1024);
     assert_serving(&mut server, &dir, &data).await;
-    assert!(server.log().contains("accept failed; backing off"), "no accept error was logged:\n{}", server.log());
     drop(idle);
 }
 
@@ -604,6 +612,22 @@ async fn status_codes_and_messages_say_what_happened() {
     let (status, text) = response_text(resp).await;
     assert_eq!(status, 408, "{text}");
     assert!(text.contains("timed out"), "{text}");
+    // A push that trickles a byte at a time: not progress (before, each
+    // byte restarted the idle timeout).
+    let (resp, mut body) = start_put(&mut conn, "x").await;
+    send(&mut body, declared_chunk(16 << 20), false);
+    let trickle = tokio::spawn(async move {
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            send(&mut body, vec![0u8], false);
+        }
+        body
+    });
+    let started = Instant::now();
+    let (status, text) = response_text(resp).await;
+    assert_eq!(status, 408, "{text}");
+    assert!(started.elapsed() < Duration::from_secs(4), "a trickle kept the push alive for {:?}", started.elapsed());
+    drop(trickle);
     // A push cut inside a frame.
     let (resp, mut body) = start_put(&mut conn, "x").await;
     let mut cut = declared_chunk(100);
@@ -638,4 +662,124 @@ async fn connections_beyond_the_limits_are_closed_at_once() {
     drop(held);
     let got = get_eventually(server.addr, "ok.bin", dir.path(), Duration::from_secs(10)).await;
     assert_eq!(got, data);
+}
+
+/// The send budget makes pulls wait their turn, never fail: twelve
+/// concurrent quantized pulls on one connection, with room for two frames
+/// at a time, all complete and restore the model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quantized_pulls_beyond_the_budget_wait_their_turn() {
+    use std::sync::Arc;
+
+    use tensorwire::tensor::{Dtype, Tensor, TensorMap};
+    use tensorwire::transport::{Config, Registry, TransferOptions};
+    let mut model = TensorMap::new();
+    for i in 0..2 {
+        let data: Vec<u8> = (0..(1u32 << 20)).flat_map(|v| ((v % 512) as f32).to_le_bytes()).collect();
+        let name = format!("w{i}");
+        model.insert(name.clone(), Tensor::new(name, Dtype::F32, vec![1 << 20], data.into()).expect("tensor"));
+    }
+    let config = Config { max_pinned: 12 << 20, ..Config::default() };
+    let registry = Registry::new().with_container("m", Arc::new(model.clone()));
+    let server = common::TestServer::start(registry, config).await;
+    let client = server.client(Config::default()).await;
+    let opts = TransferOptions {
+        quantize: Some(tensorwire::quant::Scheme::parse("fp16").expect("fp16")),
+        ..Default::default()
+    };
+    let pulls = (0..12).map(|_| {
+        let (client, opts) = (client.clone(), opts.clone());
+        async move { client.retrieve("m", None, &opts).await?.collect_map().await }
+    });
+    let started = Instant::now();
+    for got in futures::future::join_all(pulls).await {
+        let got = got.unwrap_or_else(|e| panic!("a pull failed while waiting for the budget: {e}"));
+        assert_eq!(got.len(), 2);
+        assert_eq!(got["w1"].data(), model["w1"].data(), "fp16 restores these small integers exactly");
+    }
+    println!("12 quantized pulls within a 12 MiB send budget: {:?}", started.elapsed());
+    assert_eq!(server.handle.pinned_bytes(), 0, "the budget was not given back");
+}
+
+/// Streams that hold files (pushes into their upload file, pulls from disk)
+/// are bounded per server: past `max_open_files` the answer is 503, so
+/// streams cannot exhaust descriptors the way connections used to. A push
+/// opens its file only once a verified chunk has arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_files_are_bounded() {
+    use tensorwire::transport::{Config, Registry};
+    let (dir, data) = root("files");
+    let config = Config { max_open_files: 2, ..Config::default() };
+    let server =
+        common::TestServer::start(Registry::root(dir.join("srv")).expect("root").accept_pushes(true), config).await;
+    let mut conn = h2_connect(server.addr, 1 << 20).await;
+    let mut held = Vec::new();
+    let object = file_object("x", &bytes(1 << 20, 5), 64 << 10);
+    for _ in 0..2 {
+        // Half an object: its upload file is open, the push unfinished.
+        let (resp, mut body) = start_put(&mut conn, "x").await;
+        send(&mut body, object[..object.len() / 2].to_vec(), false);
+        held.push((resp, body));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while files_starting(&dir.join("srv"), UPLOAD_PREFIX).len() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, text) = response_text(start_get(&mut conn, "/objects/ok.bin").await).await;
+    assert_eq!(status, 503, "{text}");
+    let (resp, mut body) = start_put(&mut conn, "y").await;
+    send(&mut body, file_object("y", b"y", 1), true);
+    assert_eq!(response_text(resp).await.0, 503);
+    drop(held);
+    let got = get_eventually(server.addr, "ok.bin", dir.path(), Duration::from_secs(10)).await;
+    assert_eq!(got, data);
+}
+
+/// How a push is cut into DATA frames does not matter: one byte at a time,
+/// headers and payloads split anywhere, all give the same stored file; and
+/// bytes after the object end are refused however they arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_split_anywhere_store_the_same_bytes() {
+    use tensorwire::transport::{Config, Registry};
+    let (dir, _) = root("split");
+    let server = common::TestServer::start(
+        Registry::root(dir.join("srv")).expect("root").accept_pushes(true),
+        Config::default(),
+    )
+    .await;
+    let mut conn = h2_connect(server.addr, 1 << 20).await;
+    let data = bytes(200_000, 9);
+    let object = file_object("s.bin", &data, 70_000);
+    for (round, sizes) in
+        [vec![1usize], vec![7, 29, 3], vec![28, 70_028], vec![65_536], vec![object.len()]].into_iter().enumerate()
+    {
+        let (resp, mut body) = start_put(&mut conn, "s.bin").await;
+        let mut at = 0;
+        for size in sizes.iter().cycle() {
+            if at >= object.len() {
+                break;
+            }
+            let end = (at + size).min(object.len());
+            // Single bytes at the start only: 1-byte DATA frames are slow.
+            let end = if *size == 1 && at > 300 { object.len() } else { end };
+            send(&mut body, object[at..end].to_vec(), false);
+            at = end;
+        }
+        send(&mut body, Vec::new(), true);
+        let (status, text) = response_text(resp).await;
+        assert_eq!(status, 201, "round {round}: {text}");
+        assert_eq!(std::fs::read(dir.join("srv/s.bin")).expect("stored"), data, "round {round}");
+        std::fs::remove_file(dir.join("srv/s.bin")).expect("rm");
+    }
+    for split in [object.len(), object.len() - 10] {
+        let (resp, mut body) = start_put(&mut conn, "s.bin").await;
+        let mut with_junk = object.clone();
+        with_junk.extend_from_slice(b"junk");
+        send(&mut body, with_junk[..split].to_vec(), false);
+        send(&mut body, with_junk[split..].to_vec(), true);
+        let (status, text) = response_text(resp).await;
+        assert_eq!(status, 422, "{text}");
+        assert!(text.contains("bytes after the end of the object"), "{text}");
+        assert!(!dir.join("srv/s.bin").exists());
+    }
 }

@@ -263,12 +263,16 @@ struct Report {
 #[derive(clap::Args)]
 struct ServerBounds {
     /// Most connections at once; more are closed at once [1024, lowered to
-    /// fit the open-file limit].
+    /// half the open-file limit].
     #[arg(long)]
     max_connections: Option<usize>,
     /// Most connections at once from one IP address [128].
     #[arg(long)]
     max_connections_per_peer: Option<usize>,
+    /// Most files open for transfers at once (pulls from disk, pushes);
+    /// more are answered 503 [512, lowered to fit the open-file limit].
+    #[arg(long)]
+    max_open_files: Option<usize>,
     /// Most concurrent streams (transfers) per connection [64].
     #[arg(long)]
     max_concurrent_streams: Option<u32>,
@@ -281,7 +285,8 @@ struct ServerBounds {
     /// Seconds a connection may stay open with no request in flight [120].
     #[arg(long, value_parser = parse_secs)]
     idle_connection_timeout: Option<std::time::Duration>,
-    /// Seconds a transfer may make no progress (no data, no window) [60].
+    /// Seconds a transfer may make no progress (no frame completed and
+    /// under 64 KiB received, or no window) [60].
     #[arg(long, value_parser = parse_secs)]
     idle_timeout: Option<std::time::Duration>,
     /// Bytes one connection may make the server hold in partial frames and
@@ -301,7 +306,9 @@ struct ServerBounds {
 
 impl ServerBounds {
     fn apply(&self, mut c: Config) -> Config {
-        c.max_connections = self.max_connections.unwrap_or_else(|| c.max_connections.min(connections_that_fit()));
+        // Half the open-file limit for connections, half for their files.
+        c.max_connections = self.max_connections.unwrap_or_else(|| c.max_connections.min(half_the_open_files()));
+        c.max_open_files = self.max_open_files.unwrap_or_else(|| c.max_open_files.min(half_the_open_files()));
         macro_rules! set {
             ($($field:ident),*) => { $(if let Some(v) = self.$field { c.$field = v; })* };
         }
@@ -320,9 +327,10 @@ impl ServerBounds {
     }
 }
 
-/// Connections that fit in the open-file limit with room for one file
-/// served per connection and a few spare: past it `accept()` would fail.
-fn connections_that_fit() -> usize {
+/// Half of the open-file limit, less a few spare: connections get one half
+/// and the files transfers open the other, so `accept()` and `open()` never
+/// run out.
+fn half_the_open_files() -> usize {
     let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
     limit.map_or(usize::MAX, |n| (n.saturating_sub(64) / 2).max(1) as usize)
 }

@@ -42,6 +42,16 @@ pub struct FileSink {
     part: PathBuf,
     file: Option<File>,
     target: Target,
+    guard: Option<Guard>,
+}
+
+/// Something dropped with the sink (see [`FileSink::holding`]).
+struct Guard(#[allow(dead_code)] Box<dyn std::any::Any + Send + Sync>);
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Guard")
+    }
 }
 
 /// How the finished file is moved into place.
@@ -70,7 +80,7 @@ impl FileSink {
         part.push(".part");
         let part = PathBuf::from(part);
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&part)?;
-        Ok(FileSink { dest, part, file: Some(file), target: Target::Path })
+        Ok(FileSink { dest, part, file: Some(file), target: Target::Path, guard: None })
     }
 
     /// Creates a temporary file of its own in the open directory `dir`, to
@@ -96,7 +106,7 @@ impl FileSink {
                 Ok(fd) => {
                     let part = shown_as.with_file_name(&temp);
                     let target = Target::Dir { dir, temp, name: name.to_os_string() };
-                    return Ok(FileSink { dest: shown_as, part, file: Some(File::from(fd)), target });
+                    return Ok(FileSink { dest: shown_as, part, file: Some(File::from(fd)), target, guard: None });
                 }
                 // Left over by another process with our pid (a restart): try the next.
                 Err(rustix::io::Errno::EXIST) => continue,
@@ -104,6 +114,13 @@ impl FileSink {
             }
         }
         Err(io::Error::new(io::ErrorKind::AlreadyExists, "no free temporary upload name").into())
+    }
+
+    /// Keeps `guard` alive as long as the sink (a server's place in its
+    /// limit of open files, say).
+    pub fn holding(mut self, guard: impl std::any::Any + Send + Sync) -> Self {
+        self.guard = Some(Guard(Box::new(guard)));
+        self
     }
 
     /// Opens an existing `<dest>.part` to continue writing it (a resumed
@@ -118,7 +135,7 @@ impl FileSink {
         part.push(".part");
         let part = PathBuf::from(part);
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&part)?;
-        Ok(FileSink { dest, part, file: Some(file), target: Target::Path })
+        Ok(FileSink { dest, part, file: Some(file), target: Target::Path, guard: None })
     }
 
     /// Makes what was written so far durable (`fdatasync`). Blocking.

@@ -49,6 +49,8 @@ pub struct ObjectRetriever<S> {
     frames: S,
     header: Option<ObjectHeader>,
     building: Option<Building>,
+    /// The object end was seen: the frames must end next (SPEC.md §7.5).
+    ending: bool,
     done: bool,
     subnormals: Subnormals,
 }
@@ -85,12 +87,20 @@ where
 {
     /// A retriever over a stream of frames.
     pub fn new(frames: S) -> Self {
-        ObjectRetriever { frames, header: None, building: None, done: false, subnormals: Subnormals::default() }
+        ObjectRetriever {
+            frames,
+            header: None,
+            building: None,
+            ending: false,
+            done: false,
+            subnormals: Subnormals::default(),
+        }
     }
 
     /// How quantized tensors restore products that are subnormal in f32
-    /// (SPEC.md §5.5): flushed to zero as bitsandbytes' CUDA kernels do (the
-    /// default, what an NVFlare peer restores), or kept as its CPU path does.
+    /// (SPEC.md §5.5.2a): flushed to zero as bitsandbytes' CUDA kernels do
+    /// (the default, what an NVFlare peer restores), or kept as its CPU path
+    /// does.
     pub fn with_subnormals(mut self, subnormals: Subnormals) -> Self {
         self.subnormals = subnormals;
         self
@@ -190,6 +200,10 @@ where
                     blocking(move || s.write_at(at, &data)).await?;
                 }
                 Frame::ObjectEnd(_) => {
+                    // SPEC.md §7.5: the frames must end right after the object end.
+                    if self.frames.next().await.transpose()?.is_some() {
+                        return Err(Error::Protocol("a frame after the object end"));
+                    }
                     let sink = Arc::try_unwrap(sink).map_err(|_| Error::Protocol("sink still in use"))?;
                     return match layout {
                         Some((head, _)) => {
@@ -269,7 +283,7 @@ where
                 };
                 return Ok(Some(Tensor::from_meta(b.meta, data)?));
             }
-            Frame::ObjectEnd(_) => self.done = true,
+            Frame::ObjectEnd(_) => self.ending = true,
             Frame::Abort(a) => return Err(Error::Aborted { code: a.code, message: a.message }),
         }
         Ok(None)
@@ -312,6 +326,14 @@ where
             }
             let frame = match self.frames.poll_next_unpin(cx) {
                 Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) if self.ending => {
+                    self.done = true;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Ok(_))) if self.ending => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(Error::Protocol("a frame after the object end"))));
+                }
                 Poll::Ready(None) => {
                     self.done = true;
                     // The decoder ends cleanly only after an object end.
@@ -388,6 +410,22 @@ mod tests {
     use super::*;
     use crate::tensor::Dtype;
     use crate::wire::{ItemHeader, ObjectEncoder};
+
+    /// SPEC.md §7.5: bytes after the object end fail the stream, however
+    /// the frame source reports them.
+    #[test]
+    fn frames_after_the_object_end_are_an_error() -> Result<(), Error> {
+        use crate::tensor::Tensor;
+        let mut model = TensorMap::new();
+        model.insert("w".into(), Tensor::new("w", Dtype::U8, vec![4], Bytes::from_static(&[1, 2, 3, 4]))?);
+        let mut frames: Vec<Result<Frame, Error>> = futures::executor::block_on(
+            crate::send::ContainerStreamer::from_map("m", Arc::new(model)).frames().collect(),
+        );
+        frames.push(Err(Error::Decode(crate::wire::DecodeError::TrailingData)));
+        let got = futures::executor::block_on(ObjectRetriever::new(futures::stream::iter(frames)).collect_map());
+        assert!(matches!(got, Err(Error::Decode(crate::wire::DecodeError::TrailingData))), "{got:?}");
+        Ok(())
+    }
 
     /// Finding 3 of issue 10: a 64 GiB tensor declared, 8 KiB sent.
     #[test]

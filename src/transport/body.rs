@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
 
 use super::flow::Meter;
@@ -31,13 +31,21 @@ pub(crate) struct FrameSender {
     idle: Duration,
     counter: Option<Arc<std::sync::atomic::AtomicU64>>,
     sent: u64,
+    gate: Option<Arc<super::written::SendGate>>,
 }
 
 impl FrameSender {
     pub(crate) fn new(stream: SendStream<EncodedFrame>, config: &Config) -> Self {
         let mut staged = BytesMut::with_capacity(COALESCE_BYTES);
         staged.put_slice(&preamble());
-        FrameSender { stream, staged, idle: config.idle_timeout, counter: None, sent: 0 }
+        FrameSender { stream, staged, idle: config.idle_timeout, counter: None, gate: None, sent: 0 }
+    }
+
+    /// Hands h2 data only while the connection's `gate` has room: what h2
+    /// holds unwritten stays bounded per connection.
+    pub(crate) fn gated(mut self, gate: Arc<super::written::SendGate>) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     /// Bytes handed to h2 so far on this stream.
@@ -87,7 +95,6 @@ impl FrameSender {
     }
 
     async fn send(&mut self, mut buf: EncodedFrame, eos: bool) -> Result<(), Error> {
-        use bytes::Buf;
         if !buf.has_remaining() {
             if eos {
                 self.stream.send_data(buf, true)?;
@@ -100,6 +107,9 @@ impl FrameSender {
                 .await
                 .map_err(|_| Error::Timeout("send capacity"))??;
             let part = buf.split_to(granted.min(buf.remaining()));
+            if let Some(gate) = &self.gate {
+                gate.wait_for_room(part.remaining() as u64, self.idle).await?;
+            }
             self.sent += part.remaining() as u64;
             if let Some(c) = &self.counter {
                 c.fetch_add(part.remaining() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -132,10 +142,11 @@ async fn capacity(stream: &mut SendStream<EncodedFrame>) -> Result<usize, Error>
 
 /// Decodes the frames of an object arriving as an h2 body.
 ///
-/// Flow-control capacity is released as soon as the bytes of a DATA frame
-/// have been copied into the decoder's buffer, and the next DATA frame is
-/// only read when the consumer asks for the next frame: the consumer's pace
-/// is the sender's pace, and memory stays at one frame plus the window.
+/// Flow-control capacity is released as soon as a DATA frame has been
+/// taken, and the next DATA frame is only read when the consumer asks for
+/// the next frame: the consumer's pace is the sender's pace, and memory
+/// stays at one frame plus the window. A frame that straddles DATA frames is
+/// copied once, into a buffer allocated when all of it has arrived.
 ///
 /// With a [`Budget`] (a server's, per connection), bytes are released to
 /// the sender only while they fit in it: what a peer makes the receiver hold
@@ -146,29 +157,40 @@ async fn capacity(stream: &mut SendStream<EncodedFrame>) -> Result<usize, Error>
 pub struct FrameReceiver {
     body: RecvStream,
     dec: FrameDecoder,
-    buf: BytesMut,
+    /// The pieces of a frame that straddles DATA frames, as they came.
+    parts: Vec<Bytes>,
+    parts_len: usize,
     pending: Bytes,
     idle: Duration,
     eof: bool,
     received: u64,
     counter: Arc<std::sync::atomic::AtomicU64>,
     budget: Option<Budget>,
-    /// Bytes taken from the budget for what `buf` and `pending` hold.
+    /// Bytes taken from the budget for what `parts` and `pending` hold.
     charged: u64,
     /// Bytes received whose flow-control capacity is not released yet.
     unreleased: usize,
     meter: Option<Arc<Meter>>,
+    /// Time spent waiting for data since the last progress.
+    stalled: Duration,
+    /// Bytes received since the last progress.
+    trickled: usize,
 }
 
 /// How often a receiver waiting for budget tries again.
 const BUDGET_RETRY: Duration = Duration::from_millis(20);
+
+/// Bytes that count as progress without completing a frame: a peer that
+/// trickles less within the idle timeout times out (SPEC.md §8.7).
+const MIN_PROGRESS_BYTES: usize = 64 << 10;
 
 impl FrameReceiver {
     pub(crate) fn new(body: RecvStream, config: &Config) -> Self {
         FrameReceiver {
             body,
             dec: FrameDecoder::with_limits(config.limits),
-            buf: BytesMut::new(),
+            parts: Vec::new(),
+            parts_len: 0,
             pending: Bytes::new(),
             idle: config.idle_timeout,
             eof: false,
@@ -178,6 +200,8 @@ impl FrameReceiver {
             budget: None,
             charged: 0,
             unreleased: 0,
+            stalled: Duration::ZERO,
+            trickled: 0,
         }
     }
 
@@ -198,7 +222,7 @@ impl FrameReceiver {
             }
             return Ok(());
         };
-        let held = (self.buf.len() + self.pending.len()) as u64;
+        let held = (self.parts_len + self.pending.len()) as u64;
         if self.charged > held {
             budget.give(self.charged - held);
             self.charged = held;
@@ -245,27 +269,31 @@ impl FrameReceiver {
     pub async fn next_frame(&mut self) -> Result<Option<Frame>, Error> {
         loop {
             // Zero copy while frames lie whole within a DATA frame.
-            if self.buf.is_empty() && !self.pending.is_empty() {
+            if self.parts.is_empty() && !self.pending.is_empty() {
                 if let Some(f) = self.dec.decode_frame_bytes(&mut self.pending)? {
+                    self.progressed();
                     return Ok(Some(f));
                 }
-                // A frame straddles DATA frames: its start is copied once.
-                self.buf.extend_from_slice(&self.pending);
-                self.pending = Bytes::new();
+                // A frame straddles DATA frames: its pieces are kept as they
+                // came until all of it has arrived.
+                if !self.pending.is_empty() {
+                    self.parts_len += self.pending.len();
+                    self.parts.push(std::mem::take(&mut self.pending));
+                }
             }
-            if let Some(f) = self.dec.decode_frame(&mut self.buf)? {
-                return Ok(Some(f));
+            if !self.parts.is_empty() && self.parts_len >= self.dec.awaiting() {
+                if let Some(f) = self.coalesce()? {
+                    self.progressed();
+                    return Ok(Some(f));
+                }
+                continue;
             }
             if self.eof {
-                self.dec.finish(&self.buf)?;
+                self.dec.finish_with(self.parts_len + self.pending.len())?;
                 return Ok(None);
             }
             self.settle()?;
-            let data = if self.unreleased == 0 {
-                tokio::time::timeout(self.idle, self.body.data()).await.map_err(|_| Error::Timeout("data"))?
-            } else {
-                self.data_within_budget().await?
-            };
+            let data = self.wait_for_data().await?;
             match data {
                 None => self.eof = true,
                 Some(Err(e)) => return Err(e.into()),
@@ -273,38 +301,90 @@ impl FrameReceiver {
                     let n = data.len();
                     self.received += n as u64;
                     self.counter.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                    if self.buf.is_empty() {
+                    if self.parts.is_empty() {
                         self.pending = data;
-                    } else {
-                        self.buf.extend_from_slice(&data);
+                    } else if n > 0 {
+                        self.parts_len += n;
+                        self.parts.push(data);
                     }
                     // The bytes are ours now (at most one DATA frame held, or
-                    // one partial frame copied): the sender may send more,
-                    // within the budget.
+                    // the pieces of one partial frame): the sender may send
+                    // more, within the budget.
                     self.unreleased += n;
                     self.settle()?;
                     if let Some(m) = &self.meter {
                         m.record(n);
+                    }
+                    self.trickled += n;
+                    if self.trickled >= MIN_PROGRESS_BYTES {
+                        self.progressed();
                     }
                 }
             }
         }
     }
 
-    /// Waits for data while some capacity is held back for want of budget,
-    /// releasing it as soon as the budget has room; fails after the idle
-    /// timeout without progress.
-    async fn data_within_budget(&mut self) -> Result<Option<Result<Bytes, h2::Error>>, Error> {
-        let deadline = tokio::time::Instant::now() + self.idle;
-        loop {
-            let tick = (tokio::time::Instant::now() + BUDGET_RETRY).min(deadline);
+    /// Every byte the decoder awaits has arrived in `parts`: copies exactly
+    /// those into one buffer of their size (the one copy of a straddling
+    /// frame; nothing is reserved before the bytes are here) and decodes.
+    /// What follows them in the last piece becomes `pending` again.
+    fn coalesce(&mut self) -> Result<Option<Frame>, Error> {
+        let need = self.dec.awaiting();
+        let mut buf = BytesMut::with_capacity(need);
+        for mut part in std::mem::take(&mut self.parts) {
+            let n = (need - buf.len()).min(part.len());
+            buf.extend_from_slice(&part[..n]);
+            part.advance(n);
+            if !part.is_empty() {
+                // Only the last piece can reach past the frame: the ones
+                // before it were all needed.
+                self.pending = part;
+            }
+        }
+        self.parts_len = 0;
+        let frame = self.dec.decode_frame(&mut buf)?;
+        // A header completed here leaves its payload still to come: nothing
+        // of `buf` is left, since it held exactly what was awaited.
+        debug_assert!(buf.is_empty());
+        Ok(frame)
+    }
+
+    /// A frame was completed, or enough bytes arrived: the stall clock
+    /// starts again.
+    fn progressed(&mut self) {
+        self.stalled = Duration::ZERO;
+        self.trickled = 0;
+    }
+
+    /// The next DATA frame (or the end), waiting at most what is left of the
+    /// idle timeout since the last progress. Time the consumer spends
+    /// between calls does not count. While capacity is held back for want of
+    /// budget, it is released as soon as the budget has room.
+    async fn wait_for_data(&mut self) -> Result<Option<Result<Bytes, h2::Error>>, Error> {
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.idle.saturating_sub(self.stalled);
+        let data = loop {
+            let tick = if self.unreleased == 0 {
+                deadline
+            } else {
+                (tokio::time::Instant::now() + BUDGET_RETRY).min(deadline)
+            };
             if let Ok(data) = tokio::time::timeout_at(tick, self.body.data()).await {
-                return Ok(data);
+                break Some(data);
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(Error::Timeout("data (the server's memory budget for partial frames is in use)"));
+                break None;
             }
             self.settle()?;
+        };
+        self.stalled += started.elapsed();
+        match data {
+            Some(data) => Ok(data),
+            None if self.unreleased > 0 => {
+                Err(Error::Timeout("data (the server's memory budget for partial frames is in use)"))
+            }
+            // SPEC.md §8.7: a trickle of bytes is not progress.
+            None => Err(Error::Timeout("data (no frame completed and under 64 KiB arrived within the idle timeout)")),
         }
     }
 }
@@ -353,15 +433,57 @@ pub(crate) struct Received {
     pub(crate) crc: u32,
 }
 
-/// Receives an object from `rx` into an already created `sink` (a server's
-/// upload in a file of its own), committed when the object end is verified.
+/// Receives an object from `rx` into the sink `open` returns, called (on the
+/// blocking pool) when the first data arrive or at the object end, and
+/// committed when the object end is verified: a server opens an upload's
+/// file only for a push that has sent a verified chunk. `safetensors`: the
+/// destination is a safetensors file whatever the object says.
 pub(crate) async fn receive_into(
     rx: &mut FrameReceiver,
-    sink: FileSink,
+    open: impl FnOnce() -> Result<FileSink, Error> + Send + 'static,
+    mut safetensors: bool,
     progress: Option<&ProgressFn>,
 ) -> Result<Received, Error> {
-    let dest = sink.dest().to_path_buf();
-    FileReceive::create_with(&dest, sink, Assembler::new()).take(rx, progress).await
+    let mut open = Some(open);
+    let mut sink: Option<Arc<FileSink>> = None;
+    let mut asm = Assembler::new();
+    let mut total = None;
+    while let Some(frame) = rx.next_frame().await? {
+        asm.handle_frame(frame)?;
+        while let Some(event) = asm.poll_event() {
+            match event {
+                Event::Object(h) => {
+                    safetensors |= h.metadata.get(FORMAT_KEY).is_some_and(|f| f == "safetensors");
+                    total = h.total_len;
+                }
+                Event::Data { position, data, .. } => {
+                    let sink = Arc::clone(opened(&mut sink, &mut open).await?);
+                    // Positioned writes block: run them off the runtime's threads.
+                    tokio::task::spawn_blocking(move || sink.write_at(position, &data)).await.map_err(join)??;
+                    if let Some(p) = progress {
+                        p(Progress { done: asm.received(), total });
+                    }
+                }
+                Event::Aborted(a) => return Err(Error::Aborted { code: a.code, message: a.message }),
+                Event::Done(end) => {
+                    // SPEC.md §7.5: nothing may follow the object end; the
+                    // stream must end before the file is committed.
+                    if rx.next_frame().await?.is_some() {
+                        return Err(Error::Protocol("a frame after the object end"));
+                    }
+                    opened(&mut sink, &mut open).await?;
+                    let sink = sink.take().and_then(|s| Arc::try_unwrap(s).ok());
+                    let sink = sink.ok_or(Error::Protocol("sink still in use"))?;
+                    tokio::task::spawn_blocking(move || sink.commit(end.len, safetensors)).await.map_err(join)??;
+                    return Ok(Received { len: end.len, items: end.items, crc: end.crc });
+                }
+                _ => {}
+            }
+        }
+    }
+    // The decoder only ends cleanly after an object end or an abort, both
+    // handled above.
+    Err(Error::Protocol("object ended without an object end"))
 }
 
 /// One object arriving into a file, over one or more streams: the `.part`
@@ -525,6 +647,11 @@ impl FileReceive {
                     }
                     Event::Aborted(a) => return Err(Error::Aborted { code: a.code, message: a.message }),
                     Event::Done(end) => {
+                        // SPEC.md §7.5: nothing may follow the object end; the
+                        // stream must end before the file is committed.
+                        if rx.next_frame().await?.is_some() {
+                            return Err(Error::Protocol("a frame after the object end"));
+                        }
                         let sink = self.sink.take().ok_or(Error::Protocol("file already committed"))?;
                         let sink = Arc::try_unwrap(sink).map_err(|_| Error::Protocol("sink still in use"))?;
                         let safetensors = self.safetensors;
@@ -544,6 +671,18 @@ impl FileReceive {
         // handled above.
         Err(Error::Protocol("object ended without an object end"))
     }
+}
+
+/// The sink, opened by `open` on first use.
+async fn opened<'a, F>(sink: &'a mut Option<Arc<FileSink>>, open: &mut Option<F>) -> Result<&'a Arc<FileSink>, Error>
+where
+    F: FnOnce() -> Result<FileSink, Error> + Send + 'static,
+{
+    if sink.is_none() {
+        let open = open.take().ok_or(Error::Protocol("sink opened twice"))?;
+        *sink = Some(Arc::new(tokio::task::spawn_blocking(open).await.map_err(join)??));
+    }
+    sink.as_ref().ok_or(Error::Protocol("sink not opened"))
 }
 
 pub(crate) fn join(e: tokio::task::JoinError) -> Error {

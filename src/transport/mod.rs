@@ -48,6 +48,7 @@ mod registry;
 mod request;
 mod server;
 mod tls;
+mod written;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,6 +123,10 @@ pub struct Config {
     /// Most connections a server holds from one peer IP address
     /// (`serve --max-connections-per-peer`).
     pub max_connections_per_peer: usize,
+    /// Most files a server keeps open for transfers at once (each pull from
+    /// disk and each push into a file holds one); past it a request is
+    /// answered 503 (`serve --max-open-files`).
+    pub max_open_files: usize,
     /// How long a new connection may take to finish the HTTP/2 handshake
     /// (`serve --handshake-timeout`).
     pub handshake_timeout: Duration,
@@ -198,6 +203,7 @@ impl Default for Config {
             max_header_list_size: 64 << 10,
             max_connections: 1024,
             max_connections_per_peer: 128,
+            max_open_files: 512,
             handshake_timeout: Duration::from_secs(10),
             idle_connection_timeout: Duration::from_secs(120),
             max_pinned_per_connection: 64 << 20,

@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use super::auth::{KeyedLimiter, KeyedPermit};
 use super::body::{join, receive_into, FrameReceiver, FrameSender};
 use super::tls::{handshake_error, Cleartext};
+use super::written::{SendGate, Written};
 use super::{Config, EventFn, Identity, Peer, Registry, ServerEvent};
 use futures::StreamExt;
 
@@ -73,6 +74,8 @@ struct Shared {
     events: Option<EventFn>,
     identity_connections: KeyedLimiter,
     identity_streams: KeyedLimiter,
+    /// Files held open by transfers.
+    files: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -90,6 +93,7 @@ impl Shared {
         Shared {
             budget: Budget::new(config.max_pinned),
             metrics: super::metrics::Metrics::new(),
+            files: Arc::new(tokio::sync::Semaphore::new(config.max_open_files)),
             registry,
             config,
             stats: Arc::default(),
@@ -98,6 +102,11 @@ impl Shared {
             identity_connections: KeyedLimiter::default(),
             identity_streams: KeyedLimiter::default(),
         }
+    }
+
+    /// A place for one more open file, or 503 (SPEC.md §8.5: at capacity).
+    fn open_file_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
+        Arc::clone(&self.files).try_acquire_owned().map_err(|_| Error::AtCapacity("files open for transfers"))
     }
 
     fn event(&self, event: ServerEvent) {
@@ -289,7 +298,13 @@ impl Server {
         let (shutdown, _) = watch::channel(false);
         let shared = Arc::new(Shared::new(registry, config));
         // Uploads interrupted by a crash or a kill of an earlier run.
-        let stale = shared.registry.remove_stale_uploads().unwrap_or(0);
+        let stale = match shared.registry.remove_stale_uploads() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not look for temporary upload files left by an earlier run");
+                0
+            }
+        };
         if stale > 0 {
             tracing::info!(removed = stale, "removed temporary upload files left by an earlier run");
         }
@@ -499,6 +514,10 @@ where
 {
     let _open = GaugeGuard::new(&shared.metrics.active_connections);
     let c = &shared.config;
+    // What this connection's streams may leave queued in h2, unwritten: a
+    // peer that never reads its socket holds at most this much.
+    let gate = SendGate::new(2 * c.max_send_buffer as u64);
+    let io = Written::new(io, Arc::clone(&gate));
     let handshake = h2::server::Builder::new()
         .initial_window_size(c.stream_window)
         .initial_connection_window_size(c.connection_window)
@@ -532,11 +551,11 @@ where
             next = conn.accept() => match next {
                 Some(Ok((req, respond))) => {
                     let shared = Arc::clone(&shared);
-                    let budget = budget.clone();
+                    let (budget, gate) = (budget.clone(), Arc::clone(&gate));
                     let conn_info = Arc::clone(&conn_info);
                     let meter = meter.clone();
                     shared.stats.tasks.fetch_add(1, Ordering::SeqCst);
-                    requests.spawn(async move { handle(req, respond, &shared, budget, &conn_info, meter).await });
+                    requests.spawn(async move { handle(req, respond, &shared, budget, gate, &conn_info, meter).await });
                 }
                 Some(Err(e)) => {
                     if e.is_io() || e.is_go_away() { break } else { return Err(e.into()) }
@@ -621,6 +640,7 @@ async fn handle(
     mut respond: SendResponse<EncodedFrame>,
     shared: &Shared,
     budget: Budget,
+    gate: Arc<SendGate>,
     conn: &Connection,
     meter: Option<Arc<super::flow::Meter>>,
 ) {
@@ -645,7 +665,7 @@ async fn handle(
                 (&Method::GET | &Method::HEAD, "/objects" | "/objects/") => {
                     listing(&mut respond, shared, peer, method == Method::HEAD).await
                 }
-                (&Method::GET, _) => get(&req, &mut respond, shared, budget, peer).await,
+                (&Method::GET, _) => get(&req, &mut respond, shared, budget, gate, peer).await,
                 (&Method::HEAD, _) => head(&req, &mut respond, shared, peer).await,
                 (&Method::PUT, _) => put(req, &mut respond, shared, budget, peer, meter).await,
                 _ => Err(Reply::status(
@@ -875,6 +895,7 @@ impl From<Error> for Reply {
             Error::Safetensors(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Decode(_) | Error::Aborted { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Error::AtCapacity(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let mut reply = Reply::status(status, e.to_string());
@@ -962,6 +983,7 @@ async fn get(
     respond: &mut SendResponse<EncodedFrame>,
     shared: &Shared,
     budget: Budget,
+    gate: Arc<SendGate>,
     peer: &Peer,
 ) -> Result<Outcome, Reply> {
     let PullRequest { name, chunk, items, quantize, mode, resume } =
@@ -970,6 +992,8 @@ async fn get(
     // object is looked up, so a refused peer learns nothing about it.
     shared.registry.authorize_get(peer, &name)?;
     let container = shared.registry.container(&name);
+    // Held while the transfer lasts when it reads a file.
+    let _file = if container.is_none() { Some(shared.open_file_slot()?) } else { None };
     let mode = mode.unwrap_or(if container.is_some() { Mode::Container } else { Mode::File });
     let (frames, len, count): (futures::stream::BoxStream<'static, Result<Frame, Error>>, Option<u64>, Option<u64>) =
         match (mode, container) {
@@ -1021,16 +1045,13 @@ async fn get(
     }
     let resp = resp.body(()).map_err(|e| Reply::status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let stream = respond.send_response(resp, false).map_err(Error::from)?;
-    let mut tx = FrameSender::new(stream, &shared.config).counting(Arc::clone(&shared.stats.sent));
+    let mut tx = FrameSender::new(stream, &shared.config).counting(Arc::clone(&shared.stats.sent)).gated(gate);
     // Quantized frames are new buffers (others are slices of a mapping or of
     // tensors in memory): one is produced only once the budget has room for
     // it, and counts until it is handed to HTTP/2, so readers that do not
     // read cannot make the server quantize without bound.
     let frames = match quantize {
-        Some(_) => {
-            let c = &shared.config;
-            gated(frames, budget, chunk as u64 + 4096, c.max_send_buffer as u64, c.idle_timeout)
-        }
+        Some(_) => gated(frames, budget, chunk as u64 + 4096),
         None => frames,
     };
     // From here on failures reach the client as an abort frame or a reset.
@@ -1047,42 +1068,29 @@ async fn get(
 }
 
 /// `frames`, each pulled only after `estimate` bytes were taken from
-/// `budget` (waiting up to `idle` for room). A frame's share (its encoded
-/// length once known) stays taken after it was handed to HTTP/2, for as long
-/// as h2 may still be holding it: until the stream's later frames add up to
-/// `buffered` (h2's per-stream send buffer), or the stream ends.
-fn gated(frames: Frames, budget: Budget, estimate: u64, buffered: u64, idle: Duration) -> Frames {
+/// `budget`, and counted (its encoded length) until the next one is asked
+/// for, that is until it has been handed to HTTP/2, or the stream ends.
+///
+/// A stream holds budget only while it produces or sends one frame, and
+/// sending fails after the idle timeout without window: the holders make
+/// progress or let go, so a pull waiting its turn never deadlocks and needs
+/// no deadline of its own. (What h2 then buffers is bounded by its send
+/// buffer per stream.)
+fn gated(frames: Frames, budget: Budget, estimate: u64) -> Frames {
     struct Gate {
         frames: Frames,
         budget: Budget,
-        /// The frame being sent, then the ones h2 may still hold, newest last.
-        held: std::collections::VecDeque<u64>,
+        held: u64,
     }
     impl Drop for Gate {
         fn drop(&mut self) {
-            self.budget.give(self.held.iter().sum());
+            self.budget.give(self.held);
         }
     }
-    let gate = Gate { frames, budget, held: std::collections::VecDeque::new() };
+    let gate = Gate { frames, budget, held: 0 };
     futures::stream::unfold(gate, move |mut g| async move {
-        // Older frames have left h2's buffer once newer ones fill it.
-        let (mut newer, mut keep) = (0, 0);
-        for &n in g.held.iter().rev() {
-            if newer >= buffered {
-                break;
-            }
-            newer += n;
-            keep += 1;
-        }
-        while g.held.len() > keep {
-            let n = g.held.pop_front().unwrap_or(0);
-            g.budget.give(n);
-        }
-        let deadline = tokio::time::Instant::now() + idle;
+        g.budget.give(std::mem::take(&mut g.held));
         while !g.budget.try_take(estimate) {
-            if tokio::time::Instant::now() >= deadline {
-                return Some((Err(Error::Timeout("the server's memory budget for frames being sent")), g));
-            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let next = g.frames.next().await;
@@ -1091,7 +1099,7 @@ fn gated(frames: Frames, budget: Budget, estimate: u64, buffered: u64, idle: Dur
             _ => 0,
         };
         g.budget.give(estimate - len);
-        g.held.push_back(len);
+        g.held = len;
         Some((next?, g))
     })
     .boxed()
@@ -1182,12 +1190,17 @@ async fn put(
     } else {
         // SPEC.md §8.3: each push into a file of its own, renamed into
         // place once verified; the last verified push wins.
+        // The upload's file is opened when its first verified data arrive.
         let registry = shared.registry.clone();
+        let files = Arc::clone(&shared.files);
+        let safetensors = name.ends_with(".safetensors");
         let upload = name.clone();
-        match blocking(move || registry.create_upload(&upload)).await {
-            Ok(sink) => receive_into(&mut rx, sink, None).await.map(Some),
-            Err(e) => Err(e),
-        }
+        let open = move || {
+            // SPEC.md §8.5: 503 at capacity.
+            let slot = files.try_acquire_owned().map_err(|_| Error::AtCapacity("files open for transfers"))?;
+            Ok(registry.create_upload(&upload)?.holding(slot))
+        };
+        receive_into(&mut rx, open, safetensors, None).await.map(Some)
     };
     let wire = received.load(Ordering::Relaxed);
     shared.metrics.bytes_received.inc_by(wire);

@@ -133,18 +133,41 @@ impl FrameDecoder {
     /// [`DecodeError::UnexpectedEof`] with the bytes missing from a partial
     /// preamble or frame, [`DecodeError::Truncated`] before the object end.
     pub fn finish(&self, rest: &[u8]) -> Result<(), DecodeError> {
+        self.finish_with(rest.len())
+    }
+
+    /// [`FrameDecoder::finish`] for a receiver that holds the `rest` bytes
+    /// in pieces and only knows how many there are.
+    ///
+    /// # Errors
+    ///
+    /// As [`FrameDecoder::finish`].
+    pub fn finish_with(&self, rest: usize) -> Result<(), DecodeError> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
         let needed = match self.state {
             State::Preamble => PREAMBLE_LEN,
-            State::Head if rest.is_empty() => return self.seq.finish(),
+            State::Head if rest == 0 => return self.seq.finish(),
             State::Head => HEADER_LEN,
             State::Payload(h) => h.len as usize,
-            State::Done if rest.is_empty() => return Ok(()),
+            State::Done if rest == 0 => return Ok(()),
             State::Done => return Err(DecodeError::TrailingData),
         };
-        Err(DecodeError::UnexpectedEof { needed: needed.saturating_sub(rest.len()) as u64 })
+        Err(DecodeError::UnexpectedEof { needed: needed.saturating_sub(rest) as u64 })
+    }
+
+    /// How many bytes the decoder needs in its source before it can take
+    /// its next step: a preamble, a header, or the current frame's payload
+    /// (already checked against the limits). A receiver that gathers a
+    /// straddling frame in pieces uses it to know when all have arrived.
+    pub fn awaiting(&self) -> usize {
+        match self.state {
+            State::Preamble => PREAMBLE_LEN,
+            State::Head => HEADER_LEN,
+            State::Payload(h) => h.len as usize,
+            State::Done => 0,
+        }
     }
 
     /// Decodes the next frame from `src` without copying: for a receiver

@@ -204,7 +204,7 @@ pub async fn well_behaved_get(addr: SocketAddr, name: &str, dir: &Path) -> Resul
     let config =
         Config { connect_timeout: Duration::from_secs(5), idle_timeout: Duration::from_secs(10), ..Config::default() };
     let client = Client::connect(addr, config).await?;
-    let out = dir.join(format!("well-behaved-{}", fastrand()));
+    let out = dir.join(format!("well-behaved-{}", next_id()));
     client.get_file(name, &out).await?;
     let bytes = std::fs::read(&out)?;
     let _ = std::fs::remove_file(&out);
@@ -223,7 +223,7 @@ pub async fn get_eventually(addr: SocketAddr, name: &str, dir: &Path, within: Du
     }
 }
 
-fn fastrand() -> u64 {
+fn next_id() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
