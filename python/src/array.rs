@@ -56,8 +56,8 @@ impl Buffer {
         let bytes = if bytes.is_empty() || bytes.as_ptr() as usize % ALIGN == 0 {
             bytes
         } else {
-            // Allocations this large are at least 16-byte aligned by every
-            // allocator Python runs with.
+            // A fresh allocation: glibc's malloc (and mimalloc, jemalloc)
+            // align every block to 16 bytes.
             Bytes::from(bytes.to_vec())
         };
         match bytes.try_into_mut() {
