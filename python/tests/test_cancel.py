@@ -91,3 +91,45 @@ def test_ctrl_c_cancels_on_both_sides(proxy, server_root, tmp_path, call):
         assert wait_until(lambda: srv.active_requests == 0), "the server kept sending"
     assert dest.read_bytes() == b"previous version"
     assert not (tmp_path / "big.safetensors.part").exists()
+
+
+def test_gil_is_released_while_a_transfer_waits(proxy):
+    import threading
+
+    with tw.Server(containers={"m": {"w": np.zeros(2 << 20, np.float32)}}) as srv:
+        slow = proxy(srv.address, rate=8 << 20)  # about a second for 8 MiB
+        done = threading.Event()
+        t = threading.Thread(target=lambda: (list(tw.Client(slow.url).retrieve("m")), done.set()))
+        t.start()
+        ticks = 0
+        while not done.is_set() and ticks < 10_000_000:
+            ticks += 1  # pure Python: runs only while the transfer has let go of the GIL
+        t.join(30)
+        assert done.is_set()
+        assert ticks > 100_000, f"the main thread ran {ticks} loop iterations during the transfer"
+
+
+def test_close_lets_transfers_in_flight_finish(proxy):
+    import threading
+
+    want = np.arange(2 << 20, dtype=np.float32)
+    srv = tw.Server(containers={"m": {"w": want}})
+    slow = proxy(srv.address, rate=8 << 20)
+    got, errors = {}, []
+
+    def pull():
+        try:
+            got.update(tw.Client(slow.url).retrieve("m"))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    t = threading.Thread(target=pull)
+    t.start()
+    assert wait_until(lambda: slow.forwarded > 1 << 20)
+    srv.close()  # returns once the transfer in flight has finished
+    assert srv.active_requests == 0
+    t.join(30)
+    assert not errors, errors
+    np.testing.assert_array_equal(got["w"], want)
+    with pytest.raises(tw.ConnectionError):
+        tw.Client(f"http://{srv.address}")
