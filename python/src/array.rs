@@ -119,6 +119,11 @@ impl AsRef<[u8]> for ArrayOwner {
 
 /// The bytes of a flat, contiguous `uint8` numpy array, without a copy.
 pub(crate) fn array_bytes(array: &Bound<'_, PyAny>) -> PyResult<Bytes> {
+    // Only a real ndarray's interface is trusted: the pointer is read from it.
+    let ndarray = array.py().import("numpy")?.getattr("ndarray")?;
+    if !array.is_instance(&ndarray)? || !array.getattr("flags")?.getattr("c_contiguous")?.is_truthy()? {
+        return Err(PyTypeError::new_err("expected a C-contiguous numpy array"));
+    }
     let ai = array.getattr("__array_interface__")?;
     let typestr: String = ai.get_item("typestr")?.extract()?;
     let shape: Vec<usize> = ai.get_item("shape")?.extract()?;

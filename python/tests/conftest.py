@@ -156,7 +156,15 @@ class Proxy:
                 except OSError:
                     pass
 
+    def __enter__(self) -> "Proxy":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
+        """Closes the listener and every connection (a server waiting on a
+        stalled stream sees the connection go and stops)."""
         self.closed = True
         self.listener.close()
         for s in self.sockets:

@@ -23,8 +23,8 @@ def test_hierarchy():
 def test_corrupted_body_raises_integrity_error_with_place(proxy):
     # One 2 MiB tensor travels as one chunk; byte 200,000 of what the server
     # sends lies inside that chunk's payload.
-    with tw.Server(containers={"m": {"w": np.zeros(1 << 19, np.float32), "b": np.ones(3)}}) as srv:
-        bad = proxy(srv.address, flip_at=200_000)
+    model = {"w": np.zeros(1 << 19, np.float32), "b": np.ones(3)}
+    with tw.Server(containers={"m": model}) as srv, proxy(srv.address, flip_at=200_000) as bad:
         it = tw.Client(bad.url).retrieve("m", items=["w", "b"])
         with pytest.raises(tw.IntegrityError) as e:
             next(it)
@@ -38,8 +38,7 @@ def test_corrupted_get_file_leaves_destination_untouched(proxy, server_root, tmp
     write_safetensors(server_root / "m.safetensors", {"w": np.zeros(1 << 19, np.float32)})
     dest = tmp_path / "m.safetensors"
     dest.write_bytes(b"previous version")
-    with tw.Server(root=server_root) as srv:
-        bad = proxy(srv.address, flip_at=300_000)
+    with tw.Server(root=server_root) as srv, proxy(srv.address, flip_at=300_000) as bad:
         with pytest.raises(tw.IntegrityError):
             tw.Client(bad.url).get_file("m.safetensors", dest)
     assert dest.read_bytes() == b"previous version"
@@ -78,3 +77,13 @@ def test_closed_client():
         c.close()
         with pytest.raises(RuntimeError):
             c.retrieve("m")
+
+
+def test_native_layer_reads_only_real_arrays():
+    class Fake:
+        __array_interface__ = {"version": 3, "shape": (16,), "typestr": "|u1", "data": (8, True)}
+
+    with pytest.raises(TypeError):
+        tw._tensorwire.encode(Fake(), "F32", [4], "nf4")
+    with pytest.raises(TypeError):  # strided
+        tw._tensorwire.encode(np.zeros(32, np.uint8)[::2], "F32", [4], "nf4")
