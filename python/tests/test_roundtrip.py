@@ -161,3 +161,11 @@ def test_transfers_run_concurrently_from_threads():
             t.join(30)
     assert not errors
     assert all(r == {f"t{i}": float(i) for i in range(8)} for r in results.values()) and len(results) == 4
+
+
+def test_served_arrays_are_read_in_place_not_copied():
+    a = np.zeros(1000, np.float32)
+    with tw.Server(containers={"m": {"a": a}}) as srv:
+        a[:] = 7  # after registration: a copy would still hold zeros
+        (_, got), = tw.Client(srv.url).retrieve("m")
+    np.testing.assert_array_equal(got, np.full(1000, 7, np.float32))
