@@ -130,7 +130,8 @@ impl Client {
         summary(py, sent, started)
     }
 
-    /// Closes the connection (transfers still running on it fail).
+    /// Closes the connection: no new transfers; those still running on it
+    /// (an iterator not yet exhausted) finish first.
     fn close(&self) {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).take();
     }

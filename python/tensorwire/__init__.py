@@ -221,8 +221,9 @@ class Client:
         return self._native.get_file(name, str(dest))
 
     def put_file(self, path: Union[str, "os.PathLike[str]"], name: str) -> Dict[str, Any]:
-        """Pushes the file at ``path`` as object ``name`` (stored under the
-        server's root). Returns ``{"bytes", "items", "crc", "seconds"}``."""
+        """Pushes the file at ``path`` as object ``name``, stored under the
+        server's root (a server with ``on_push`` hands every push to it, and
+        refuses files). Returns ``{"bytes", "items", "crc", "seconds"}``."""
         return self._native.put_file(str(path), name)
 
     def put_tensors(
@@ -239,7 +240,8 @@ class Client:
         return self._native.put_tensors(name, _tensor_tuples(tensors), quantize)
 
     def close(self) -> None:
-        """Closes the connection."""
+        """Closes the connection: no new transfers; a retrieval still being
+        iterated finishes first."""
         self._native.close()
 
     def __enter__(self) -> "Client":

@@ -169,3 +169,14 @@ def test_served_arrays_are_read_in_place_not_copied():
         a[:] = 7  # after registration: a copy would still hold zeros
         (_, got), = tw.Client(srv.url).retrieve("m")
     np.testing.assert_array_equal(got, np.full(1000, 7, np.float32))
+
+
+def test_close_lets_a_running_retrieval_finish():
+    tensors = {f"t{i}": np.full(1 << 20, i, np.float32) for i in range(8)}
+    with tw.Server(containers={"m": tensors}) as srv:
+        c = tw.Client(srv.url)
+        it = c.retrieve("m")
+        first = next(it)
+        c.close()
+        rest = list(it)
+    assert [first[0]] + [n for n, _ in rest] == list(tensors)
