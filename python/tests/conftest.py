@@ -106,12 +106,15 @@ def wait_until(cond, timeout: float = 10.0) -> bool:
 class Proxy:
     """A TCP proxy in front of ``target``: counts the bytes going from the
     server to the client, optionally flips the byte at ``flip_at`` of that
-    direction (a corrupted body) or forwards at most ``rate`` bytes/s."""
+    direction (a corrupted body), drops the connection after ``cut_at`` bytes
+    of it, or forwards at most ``rate`` bytes/s."""
 
-    def __init__(self, target: str, flip_at: Optional[int] = None, rate: Optional[float] = None) -> None:
+    def __init__(
+        self, target: str, flip_at: Optional[int] = None, rate: Optional[float] = None, cut_at: Optional[int] = None
+    ) -> None:
         host, port = target.rsplit(":", 1)
         self.target = (host, int(port))
-        self.flip_at, self.rate = flip_at, rate
+        self.flip_at, self.rate, self.cut_at = flip_at, rate, cut_at
         self.forwarded = 0
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.address = "%s:%d" % self.listener.getsockname()
@@ -143,6 +146,9 @@ class Proxy:
                         b = bytearray(data)
                         b[self.flip_at - start] ^= 0xFF
                         data = bytes(b)
+                    if self.cut_at is not None and start + len(data) > self.cut_at:
+                        dst.sendall(data[: max(0, self.cut_at - start)])
+                        break
                     self.forwarded += len(data)
                     if self.rate:
                         time.sleep(len(data) / self.rate)

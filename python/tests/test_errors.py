@@ -87,3 +87,27 @@ def test_native_layer_reads_only_real_arrays():
         tw._tensorwire.encode(Fake(), "F32", [4], "nf4")
     with pytest.raises(TypeError):  # strided
         tw._tensorwire.encode(np.zeros(32, np.uint8)[::2], "F32", [4], "nf4")
+
+
+def test_connection_lost_mid_transfer_is_a_connection_error(proxy):
+    model = {f"t{i}": np.zeros(1 << 20, np.float32) for i in range(4)}
+    with tw.Server(containers={"m": model}) as srv, proxy(srv.address, cut_at=6 << 20) as cut:
+        it = tw.Client(cut.url).retrieve("m")
+        got = []
+        with pytest.raises(tw.ConnectionError):
+            for name, _ in it:
+                got.append(name)
+        assert got == ["t0"]  # what arrived whole was verified and handed out; nothing after
+
+
+def test_quantized_push_of_16_bit_sources():
+    if tw._ml_dtypes is None:
+        pytest.skip("needs ml_dtypes for bf16 arrays")
+    x16 = np.linspace(-1, 1, 300, dtype=np.float16)
+    xbf = np.linspace(-1, 1, 300, dtype=np.float32).astype(tw._ml_dtypes.bfloat16)
+    got = {}
+    with tw.Server(on_push=lambda name, items: got.update((n, a.copy()) for n, a in items)) as srv:
+        tw.Client(srv.url).put_tensors("u", {"h": x16, "b": xbf}, quantize="blockwise8")
+    for name, x in (("h", x16), ("b", xbf)):
+        assert got[name].dtype == x.dtype
+        np.testing.assert_array_equal(got[name], tw.dequantize(tw.quantize(x, "blockwise8")))
