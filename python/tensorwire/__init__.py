@@ -8,7 +8,9 @@ over HTTP/2 — framed, checksummed, without copies.
 ...         ...
 
 Arrays handed out share the receive buffer (no copy): numpy views the
-received bytes. bf16 tensors come back as ``ml_dtypes.bfloat16`` arrays when
+received bytes, and ``torch.from_numpy`` views them again (for bf16 arrays,
+``torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)``: torch does not
+know ml_dtypes' type). bf16 tensors come back as ``ml_dtypes.bfloat16`` arrays when
 ml_dtypes is installed and as ``uint16`` arrays (the raw bits) otherwise; fp8
 tensors likewise as ml_dtypes types or ``uint8``. Arrays passed in are read
 in place while the transfer runs: do not modify them until the call returns.
