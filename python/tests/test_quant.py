@@ -103,3 +103,11 @@ def test_rejects_what_does_not_apply():
         tw.quantize(np.zeros(10, np.float16), "fp16")
     with pytest.raises(ValueError):
         tw.quantize(np.zeros(10, np.float32), "int2")
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_scalars_and_empty_tensors(scheme):
+    for x in (np.zeros(0, np.float32), np.array(0.75, np.float32), np.zeros((2, 0), np.float64)):
+        back = tw.dequantize(tw.quantize(x, scheme))
+        assert back.shape == x.shape and back.dtype == x.dtype
+    np.testing.assert_array_equal(tw.dequantize(tw.quantize(np.array(0.75, np.float32), scheme)), np.float32(0.75))
