@@ -111,3 +111,15 @@ def test_quantized_push_of_16_bit_sources():
     for name, x in (("h", x16), ("b", xbf)):
         assert got[name].dtype == x.dtype
         np.testing.assert_array_equal(got[name], tw.dequantize(tw.quantize(x, "blockwise8")))
+
+
+def test_ipv6_loopback():
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        print("SKIPPED: no IPv6 loopback here")
+        pytest.skip("no IPv6 loopback")
+    with tw.Server("[::1]:0", containers={"m": {"a": np.arange(3)}}) as srv:
+        assert srv.address.startswith("[::1]:")
+        (_, a), = tw.Client(srv.url).retrieve("m")
+    np.testing.assert_array_equal(a, np.arange(3))
