@@ -59,7 +59,8 @@ for name, arr in c.retrieve("model.safetensors"):
     del arr
 t1 = time.perf_counter()
 print(json.dumps({"seconds": t1 - t0, "tensors": n, "bytes": total,
-                  "peak_mib": peak_mib()}))
+                  "peak_mib": peak_mib(),
+                  "minor_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt}))
 """
 
 
@@ -119,7 +120,7 @@ def main() -> int:
         server.stderr.readline()  # "serving ... on ..." once bound
         url = f"http://{addr}"
         out = work / "out.safetensors"
-        rust, python, inner, peaks = [], [], [], []
+        rust, python, inner, peaks, faults = [], [], [], [], []
         for _ in range(args.runs):
             t, _ = run_timed([args.bin, "get", f"{url}/objects/model.safetensors", "-o", str(out), "--mode", "container"])
             rust.append(t)
@@ -130,12 +131,14 @@ def main() -> int:
             python.append(t)
             inner.append(got["seconds"])
             peaks.append(got["peak_mib"])
+            faults.append(got["minor_faults"])
         mib = size / 2**20
         r, p, q = statistics.median(rust), statistics.median(python), statistics.median(inner)
         print(f"model: {count} x {args.tensor_mib} MiB float32 = {mib:.0f} MiB, in {args.dir}; {args.runs} runs, medians")
         print(f"  rust   tensorwire get --mode container  {r:6.2f} s  {mib / r:7.0f} MiB/s")
         print(f"  python Client.retrieve into numpy       {p:6.2f} s  {mib / p:7.0f} MiB/s  (whole process)")
         print(f"  python, Client() to last tensor         {q:6.2f} s  {mib / q:7.0f} MiB/s  (without interpreter start)")
+        print(f"  python minor page faults per GiB: {statistics.median(faults) / (mib / 1024):,.0f}")
         print(f"  throughput python / rust: {r / p:.2f}x whole process, {r / q:.2f}x retrieve loop")
         bound = args.tensor_mib + 64
         peak = max(peaks)
