@@ -79,7 +79,8 @@ impl Server {
             slots.insert(name, slot);
         }
         if let Some(handler) = on_push {
-            registry = registry.with_push_handler(push_handler(handler));
+            // A handler is the decision to take pushes (it sees each one).
+            registry = registry.accept_pushes(true).with_push_handler(push_handler(handler));
         }
         let server = wait(py, transport::Server::bind(addr, registry, Config::default()))?.py(py)?;
         let address = server.local_addr().py(py)?.to_string();
