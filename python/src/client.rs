@@ -237,7 +237,7 @@ impl TensorIter {
             }
             Ok(None) => Ok(None),
             Ok(Some(Err(e))) => {
-                let err = to_py(py, &e);
+                let (err, e) = to_py(py, e);
                 *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                 Err(err)
             }

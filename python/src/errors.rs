@@ -57,6 +57,29 @@ fn classify(e: &Error) -> Class {
     }
 }
 
+/// [`classify`], and for variants it does not name (the enum is
+/// non-exhaustive: a missing item, say, may get a variant of its own) the
+/// kind the library gives the error as an `io::Error`, so a missing thing is
+/// still `NotFound`. Returns the error unchanged beside its class.
+fn classify_owned(e: Error) -> (Class, Error) {
+    let c = classify(&e);
+    if c.name != "Error" {
+        return (c, e);
+    }
+    let message = e.to_string();
+    let io = std::io::Error::from(e);
+    let c = match io.kind() {
+        std::io::ErrorKind::NotFound => class("NotFound"),
+        _ => c,
+    };
+    // Every variant but `Io` (classified above) is wrapped whole.
+    let e = match io.into_inner().map(|inner| inner.downcast::<Error>()) {
+        Some(Ok(e)) => *e,
+        _ => Error::Io(std::io::Error::other(message)),
+    };
+    (c, e)
+}
+
 fn decode_class(d: &DecodeError) -> Class {
     let at = |name, item: u32, offset: Option<u64>| Class { item: Some(item), offset, ..class(name) };
     match *d {
@@ -78,9 +101,10 @@ fn decode_class(d: &DecodeError) -> Class {
 }
 
 /// The Python exception for `e`: an instance of `tensorwire.errors.<class>`
-/// with the message and, where known, `item`, `offset`, `status`, `code`.
-pub(crate) fn to_py(py: Python<'_>, e: &Error) -> PyErr {
-    let c = classify(e);
+/// with the message and, where known, `item`, `offset`, `status`, `code`;
+/// `e` comes back beside it.
+pub(crate) fn to_py(py: Python<'_>, e: Error) -> (PyErr, Error) {
+    let (c, e) = classify_owned(e);
     let build = || -> PyResult<PyErr> {
         let cls = py.import("tensorwire.errors")?.getattr(c.name)?;
         let kwargs = PyDict::new(py);
@@ -91,9 +115,10 @@ pub(crate) fn to_py(py: Python<'_>, e: &Error) -> PyErr {
         Ok(PyErr::from_value(cls.call((e.to_string(),), Some(&kwargs))?))
     };
     // Only a broken installation lacks tensorwire.errors; say so, with the message.
-    build().unwrap_or_else(|import_failure| {
+    let err = build().unwrap_or_else(|import_failure| {
         pyo3::exceptions::PyRuntimeError::new_err(format!("{e} (and tensorwire.errors failed: {import_failure})"))
-    })
+    });
+    (err, e)
 }
 
 /// `Err(e)` as a Python exception.
@@ -104,6 +129,6 @@ pub(crate) trait IntoPyResult<T> {
 
 impl<T> IntoPyResult<T> for Result<T, Error> {
     fn py(self, py: Python<'_>) -> PyResult<T> {
-        self.map_err(|e| to_py(py, &e))
+        self.map_err(|e| to_py(py, e).0)
     }
 }
