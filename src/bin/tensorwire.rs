@@ -816,10 +816,14 @@ async fn get(
     opts.quantize = quantize;
     // A killed `get` run again resumes from the ledger beside FILE.part.
     opts.ledger = true;
+    let mut resumed = 0;
     if let (Output::File(path), GetMode::File) = (&output, mode) {
         if let Some(l) = tensorwire::recv::PartLedger::load(path) {
-            let held: u64 = l.chunks.iter().map(|c| c.2).sum();
-            eprintln!("tensorwire: resuming {}.part: {held} bytes verified by an earlier run", path.display());
+            resumed = l.chunks.iter().map(|c| c.2).sum();
+            tracing::info!(file = %path.display(), verified_bytes = resumed, "resuming a transfer an earlier run left");
+            if !report.quiet {
+                eprintln!("tensorwire: resuming {}.part: {resumed} bytes verified by an earlier run", path.display());
+            }
         }
     }
     if report.verbose {
@@ -871,7 +875,9 @@ async fn get(
         seconds,
         gb_per_s: rate(wire, seconds),
         crc: crc.map(|c| format!("{c:#010x}")),
-        resumed_bytes: 0,
+        // What an earlier run verified (resumes within this run are not
+        // counted here).
+        resumed_bytes: resumed,
         target: local.map_or_else(|| "standard output".to_string(), |p| p.display().to_string()),
     };
     summary.print(&report, output == Output::Stdout)

@@ -384,7 +384,11 @@ impl Client {
             attempt += 1;
             if matches!(e, Error::Decode(DecodeError::InconsistentItem { .. })) {
                 // SPEC.md §8.4: the source changed under a resume: start over.
+                tracing::info!(object = %req.name, attempt, error = %e, "the source changed: starting over");
                 recv.restart();
+            } else {
+                let resuming = recv.resume().is_some();
+                tracing::info!(object = %req.name, attempt, resuming, error = %e, "retrying");
             }
             self.backoff(attempt).await;
             if needs_new_connection(&e) {
@@ -501,6 +505,7 @@ impl Client {
                 Err(e) => return Err(e),
             };
             attempt += 1;
+            tracing::info!(object = %name, attempt, error = %e, "push failed; sending it again from the start");
             self.backoff(attempt).await;
             if needs_new_connection(&e) {
                 self.reconnect(&conn).await?;
