@@ -334,3 +334,23 @@ fn an_http1_server_is_called_what_it_is() {
     assert!(stderr(&o).contains("does not speak HTTP/2") && stderr(&o).contains("HTTP/1.1"), "{}", stderr(&o));
     assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
 }
+
+/// Issue 10, finding 12: `get -o FILE` used to truncate, then delete, a
+/// `FILE.part` it had not created. It now leaves it alone.
+#[test]
+fn a_foreign_part_file_is_neither_truncated_nor_removed() {
+    let s = Serve::start("foreign-part", &[]);
+    let blob = data(1 << 20);
+    s.file("blob.bin", &blob);
+    let out = s.dir.join("blob.out");
+    let foreign = s.dir.join("blob.out.part");
+    std::fs::write(&foreign, b"somebody else's work in progress").expect("write");
+    let o = tw(&["get", &format!("{}/objects/blob.bin", s.addr), "-q", "-o", out.to_str().expect("utf-8")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&out).expect("got"), blob);
+    assert_eq!(std::fs::read(&foreign).expect("still there"), b"somebody else's work in progress");
+    // A failed get leaves it alone too.
+    let o = tw(&["get", &format!("{}/objects/nope.bin", s.addr), "-q", "-o", out.to_str().expect("utf-8")]);
+    assert_eq!(o.status.code(), Some(5));
+    assert_eq!(std::fs::read(&foreign).expect("still there"), b"somebody else's work in progress");
+}

@@ -69,18 +69,39 @@ enum Target {
 pub const UPLOAD_PREFIX: &str = ".tensorwire-upload-";
 
 impl FileSink {
-    /// Creates (or truncates) `<dest>.part`.
+    /// Creates `<dest>.part`, new (`O_EXCL | O_NOFOLLOW`): a `.part` file
+    /// that is already there (another program's, or a link planted there)
+    /// is neither truncated nor removed; this sink then writes
+    /// `<dest>.part.<pid>-<n>` instead.
     ///
     /// # Errors
     ///
     /// [`Error::Io`] when the file cannot be created.
     pub fn create(dest: impl AsRef<Path>) -> Result<Self, Error> {
+        use std::os::unix::fs::OpenOptionsExt;
+        static NEXT: AtomicU64 = AtomicU64::new(0);
         let dest = dest.as_ref().to_path_buf();
-        let mut part = dest.clone().into_os_string();
-        part.push(".part");
-        let part = PathBuf::from(part);
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&part)?;
-        Ok(FileSink { dest, part, file: Some(file), target: Target::Path, guard: None })
+        let mut base = dest.clone().into_os_string();
+        base.push(".part");
+        for attempt in 0..64 {
+            let mut part = base.clone();
+            if attempt > 0 {
+                part.push(format!(".{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+            }
+            let part = PathBuf::from(part);
+            let opened = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .custom_flags(OFlags::NOFOLLOW.bits() as i32)
+                .open(&part);
+            match opened {
+                Ok(file) => return Ok(FileSink { dest, part, file: Some(file), target: Target::Path, guard: None }),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(io::Error::new(io::ErrorKind::AlreadyExists, "no free name for the .part file").into())
     }
 
     /// Creates a temporary file of its own in the open directory `dir`, to

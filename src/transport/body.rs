@@ -530,11 +530,19 @@ impl FileReceive {
     pub(crate) async fn create_resumable(dest: &Path, request: String) -> Result<Self, Error> {
         let d = dest.to_path_buf();
         let found = tokio::task::spawn_blocking(move || {
-            let found = PartLedger::load(&d).filter(|l| l.source.request == request);
+            let loaded = PartLedger::load(&d);
+            // A ledger proves the `.part` beside it is this tool's.
+            let ours = loaded.is_some();
+            let found = loaded.filter(|l| l.source.request == request);
             let sink = match &found {
                 Some(_) => FileSink::open_existing(&d)?,
                 None => {
                     PartLedger::remove(&d);
+                    if ours {
+                        let mut part = d.clone().into_os_string();
+                        part.push(".part");
+                        let _ = std::fs::remove_file(part);
+                    }
                     FileSink::create(&d)?
                 }
             };
@@ -556,8 +564,15 @@ impl FileReceive {
             ledger.chunks.clear();
             asm = Assembler::new();
         }
+        // A ledger describes `<dest>.part` only: when another program's file
+        // holds that name, the sink writes elsewhere and keeps no ledger.
+        let mut expected = dest.as_os_str().to_os_string();
+        expected.push(".part");
+        let keep_ledger = sink.part_path() == Path::new(&expected);
         let mut me = Self::create_with(dest, sink, asm);
-        me.ledger = Some((ledger, std::time::Instant::now()));
+        if keep_ledger {
+            me.ledger = Some((ledger, std::time::Instant::now()));
+        }
         Ok(me)
     }
 
