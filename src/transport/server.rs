@@ -596,6 +596,10 @@ where
             }
         }
     }
+    // The connection is over: streams still waiting to send fail now rather
+    // than at their idle timeouts (the peer is gone, or was told GOAWAY and
+    // the last request has ended).
+    gate.close();
     while requests.join_next().await.is_some() {
         shared.stats.tasks.fetch_sub(1, Ordering::SeqCst);
     }

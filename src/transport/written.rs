@@ -25,11 +25,19 @@ pub(crate) struct SendGate {
     written: AtomicU64,
     progress: Notify,
     limit: u64,
+    /// Set when the connection's IO is gone: nothing will be written again.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl SendGate {
     pub(crate) fn new(limit: u64) -> Arc<Self> {
-        Arc::new(SendGate { handed: AtomicU64::new(0), written: AtomicU64::new(0), progress: Notify::new(), limit })
+        Arc::new(SendGate {
+            handed: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            progress: Notify::new(),
+            limit,
+            closed: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     /// Bytes handed to h2 and not yet written (frame overheads make this a
@@ -40,9 +48,22 @@ impl SendGate {
 
     /// Waits until `n` more bytes fit, then counts them as handed. Fails
     /// after `idle` without the socket taking anything.
+    /// Nothing will be written on this connection again: streams waiting
+    /// for room fail now.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.progress.notify_waiters();
+    }
+
     pub(crate) async fn wait_for_room(&self, n: u64, idle: Duration) -> Result<(), crate::Error> {
         loop {
             let notified = self.progress.notified();
+            // A stream of a closed connection must not wait for its idle
+            // timeout: the socket will never take its bytes.
+            if self.closed.load(Ordering::Acquire) {
+                let gone = io::Error::new(io::ErrorKind::ConnectionAborted, "the connection closed");
+                return Err(crate::Error::Io(gone));
+            }
             // Always lets a stream through when nothing is queued, so one
             // large frame is never stuck behind the limit.
             let queued = self.queued();
@@ -72,6 +93,12 @@ impl<IO> Written<IO> {
             self.gate.written.fetch_add(n as u64, Ordering::AcqRel);
             self.gate.progress.notify_waiters();
         }
+    }
+}
+
+impl<IO> Drop for Written<IO> {
+    fn drop(&mut self) {
+        self.gate.close();
     }
 }
 
@@ -130,6 +157,24 @@ mod tests {
         let mut io = Written::new(a, Arc::clone(&gate));
         io.write_all(&[0; 30]).await.expect("write");
         gate.wait_for_room(40, Duration::from_millis(50)).await.expect("room after a write");
+    }
+
+    /// A stream waiting for room wakes with an error once the connection's
+    /// IO is dropped, instead of waiting for its idle timeout.
+    #[tokio::test]
+    async fn waiters_fail_when_the_connection_is_gone() {
+        let gate = SendGate::new(10);
+        gate.wait_for_room(10, Duration::from_secs(1)).await.expect("room");
+        let (a, _b) = tokio::io::duplex(1 << 16);
+        let io = Written::new(a, Arc::clone(&gate));
+        let waiter = tokio::spawn({
+            let gate = Arc::clone(&gate);
+            async move { gate.wait_for_room(5, Duration::from_secs(30)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(io);
+        let r = tokio::time::timeout(Duration::from_secs(2), waiter).await.expect("woke").expect("joined");
+        assert!(matches!(r, Err(crate::Error::Io(_))), "{r:?}");
     }
 
     #[tokio::test]
