@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use futures::stream::{Stream, StreamExt};
 
-use super::retriever::{blocking, safetensors_header, side_path};
+use super::retriever::{blocking, finish_safetensors, safetensors_header, side_path};
 use super::{Assembler, Event, FileSink};
 use crate::quant::{decode_chunk_into, Subnormals};
 use crate::tensor::TensorMeta;
@@ -220,25 +220,6 @@ fn place(h: crate::wire::ItemHeader) -> Result<Place, Error> {
 async fn commit(layout: &mut Layout, dest: &Path) -> Result<u64, Error> {
     let sink = layout.sink.take().ok_or(Error::Protocol("file already committed"))?;
     let sink = Arc::try_unwrap(sink).map_err(|_| Error::Protocol("sink still in use"))?;
-    let end = layout.end;
-    match &layout.head {
-        Some(head) => {
-            let total = head.len() as u64 + end;
-            blocking(move || sink.commit(total, true)).await?;
-            Ok(total)
-        }
-        None => {
-            let (head, _) = safetensors_header(&layout.entries, &layout.metadata)?;
-            let dest = dest.to_path_buf();
-            blocking(move || {
-                let out = FileSink::create(&dest)?;
-                out.write_at(0, &head)?;
-                out.copy_from(sink.part_path(), head.len() as u64)?;
-                drop(sink);
-                out.commit(head.len() as u64 + end, true)?;
-                Ok(head.len() as u64 + end)
-            })
-            .await
-        }
-    }
+    let head = layout.head.take();
+    finish_safetensors(sink, dest, head, &layout.entries, &layout.metadata, layout.end).await
 }

@@ -205,25 +205,8 @@ where
                         return Err(Error::Protocol("a frame after the object end"));
                     }
                     let sink = Arc::try_unwrap(sink).map_err(|_| Error::Protocol("sink still in use"))?;
-                    return match layout {
-                        Some((head, _)) => {
-                            let total = head.len() as u64 + end;
-                            blocking(move || sink.commit(total, true)).await?;
-                            Ok(total)
-                        }
-                        None => {
-                            let (head, _) = safetensors_header(&entries, &metadata)?;
-                            blocking(move || {
-                                let out = FileSink::create(&dest)?;
-                                out.write_at(0, &head)?;
-                                out.copy_from(sink.part_path(), head.len() as u64)?;
-                                drop(sink);
-                                out.commit(head.len() as u64 + end, true)?;
-                                Ok(head.len() as u64 + end)
-                            })
-                            .await
-                        }
-                    };
+                    let head = layout.map(|(head, _)| head);
+                    return finish_safetensors(sink, &dest, head, &entries, &metadata, end).await;
                 }
                 Frame::Abort(a) => return Err(Error::Aborted { code: a.code, message: a.message }),
                 Frame::ItemEnd(_) | Frame::ObjectHeader(_) => {}
@@ -353,6 +336,41 @@ where
                     return Poll::Ready(Some(Err(e)));
                 }
             }
+        }
+    }
+}
+
+/// Commits a safetensors file whose data region (`end` bytes) is in
+/// `sink`: in place when the header was written first (`head`), or, when
+/// the layout was not known up front, by writing the header built from
+/// `entries` into the final file and copying the side file after it
+/// (kernel-side). Blocking work runs on the blocking pool.
+pub(super) async fn finish_safetensors(
+    sink: FileSink,
+    dest: &Path,
+    head: Option<Vec<u8>>,
+    entries: &[IndexEntry],
+    metadata: &[(String, String)],
+    end: u64,
+) -> Result<u64, Error> {
+    match head {
+        Some(head) => {
+            let total = head.len() as u64 + end;
+            blocking(move || sink.commit(total, true)).await?;
+            Ok(total)
+        }
+        None => {
+            let (head, _) = safetensors_header(entries, metadata)?;
+            let dest = dest.to_path_buf();
+            blocking(move || {
+                let out = FileSink::create(&dest)?;
+                out.write_at(0, &head)?;
+                out.copy_from(sink.part_path(), head.len() as u64)?;
+                drop(sink);
+                out.commit(head.len() as u64 + end, true)?;
+                Ok(head.len() as u64 + end)
+            })
+            .await
         }
     }
 }
