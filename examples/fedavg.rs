@@ -135,7 +135,7 @@ async fn controller(shape: LlamaShape, clients: usize, rounds: usize) -> Result<
     }
     handle.shutdown();
     serving.await??;
-    let peak = tensorwire::harness::peak_rss_kib();
+    let peak = peak_rss_kib();
     println!(
         "result checked: every tensor moved by the mean delta; peak RSS {:.1} MiB for a {:.1} MiB model ({:.2}x)",
         peak as f64 / 1024.0,
@@ -205,4 +205,12 @@ async fn client(addr: &str, id: usize, _round: usize) -> Result<(), BoxError> {
 
 fn first_f32(t: &Tensor) -> f32 {
     t.data().get(..4).map_or(0.0, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// This process's peak resident set (VmHWM) in KiB, 0 where unknown
+/// (Linux's `/proc/self/status`).
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"));
+    line.and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
 }

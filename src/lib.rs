@@ -48,8 +48,8 @@
 //!
 //! Measured on a 2-core VM over loopback: file streaming of 4 GiB, about
 //! 18 MiB peak RSS per side whatever the file size
-//! (`examples/loopback_bench.rs`); container streaming of a 5.7 GB
-//! Llama-3.2-1B state dict, see `examples/container_bench.rs` and the README.
+//! (`cli/examples/loopback_bench.rs`); container streaming of a 5.7 GB
+//! Llama-3.2-1B state dict, see `cli/examples/container_bench.rs` and the README.
 //!
 //! ## Example: frame an object and decode it back
 //!
@@ -90,7 +90,6 @@
 mod error;
 #[cfg(any(test, fuzzing))]
 pub mod fuzz;
-pub mod harness;
 pub mod models;
 pub mod quant;
 pub mod recv;

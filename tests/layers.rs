@@ -2,6 +2,8 @@
 //! `wire` imports nothing from the rest of the crate, `transport` nothing
 //! from `quant`, `send` and `recv` not each other, and the top-level
 //! modules form no import cycle. Paths in comments (doc links) do not count.
+//! And the library, as `cargo add tensorwire` brings it, pulls none of the
+//! command-line tool's dependencies (those live in `cli/`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -147,4 +149,41 @@ fn the_checker_sees_imports() {
         "use crate::quant::Scheme;\nuse crate::{recv, send::FileStreamer};\n// crate::transport in a comment\n",
     );
     assert_eq!(refs.into_iter().collect::<Vec<_>>(), ["quant", "recv", "send"]);
+}
+
+/// What the `tensorwire` binary needs and a library user must not get.
+const CLI_ONLY: [&str; 4] = ["clap", "indicatif", "mimalloc", "tracing-subscriber"];
+
+/// The CLI-only crates among the lines of `cargo tree --prefix none`
+/// (`NAME vVERSION ...`).
+fn cli_crates_in(tree: &str) -> BTreeSet<String> {
+    tree.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| CLI_ONLY.contains(name))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_library_pulls_no_cli_dependencies() {
+    // The library with its default features, normal dependencies only: what
+    // `cargo add tensorwire` brings (README: the CLI is the `cli/` crate).
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let out = std::process::Command::new(&cargo)
+        .args(["tree", "--offline", "-e", "normal", "-p", "tensorwire", "--prefix", "none", "--manifest-path"])
+        .arg(&manifest)
+        .output()
+        .unwrap_or_else(|e| panic!("run {cargo} tree: {e}"));
+    let tree = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "cargo tree failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(tree.lines().next().is_some_and(|l| l.starts_with("tensorwire v")), "unexpected cargo tree output: {tree}");
+    assert_eq!(cli_crates_in(&tree), BTreeSet::new(), "the library's default dependencies include CLI crates");
+}
+
+#[test]
+fn the_dependency_check_sees_cli_crates() {
+    // The check must be able to fail: a tree that holds clap is seen.
+    let tree = "tensorwire v0.1.0 (/src)\nbytes v1.9.0\nclap v4.5.0\nclap_builder v4.5.0\nmimalloc v0.1.4\n";
+    assert_eq!(cli_crates_in(tree).into_iter().collect::<Vec<_>>(), ["clap", "mimalloc"]);
 }

@@ -70,11 +70,11 @@ async fn serve(shape: LlamaShape) -> Result<(), BoxError> {
     let model = Arc::new(shape.synthetic(Dtype::F32, 1));
     let bytes: u64 = model.values().map(|t| t.data().len() as u64).sum();
     let largest = model.values().map(|t| t.data().len() as u64).max().unwrap_or(0);
-    let before = tensorwire::harness::peak_rss_kib();
+    let before = tensorwire_cli::harness::peak_rss_kib();
     let server = Server::bind("127.0.0.1:0", Registry::new().with_container("model", model), Config::default()).await?;
     println!("{}", server.local_addr()?);
-    tensorwire::harness::serve_one_transfer(server).await?;
-    let peak = tensorwire::harness::peak_rss_kib();
+    tensorwire_cli::harness::serve_one_transfer(server).await?;
+    let peak = tensorwire_cli::harness::peak_rss_kib();
     println!(
         "sender:   container {:.1} MiB (largest tensor {:.1} MiB); peak RSS {:.1} MiB = container + {:.1} MiB (RSS after building the container: {:.1} MiB)",
         mib(bytes),
@@ -87,7 +87,7 @@ async fn serve(shape: LlamaShape) -> Result<(), BoxError> {
 }
 
 async fn get(addr: &str, file: Option<&str>) -> Result<(), BoxError> {
-    let baseline = tensorwire::harness::peak_rss_kib();
+    let baseline = tensorwire_cli::harness::peak_rss_kib();
     let client = Client::connect(addr, Config::default()).await?;
     let started = Instant::now();
     let mut retriever = client.retrieve("model", None, &TransferOptions::default()).await?;
@@ -110,7 +110,7 @@ async fn get(addr: &str, file: Option<&str>) -> Result<(), BoxError> {
         }
     };
     let secs = started.elapsed().as_secs_f64();
-    let peak = tensorwire::harness::peak_rss_kib();
+    let peak = tensorwire_cli::harness::peak_rss_kib();
     println!(
         "receiver: {count} tensors, {:.1} MiB {what} in {secs:.2} s ({:.2} GB/s); peak RSS {:.1} MiB = largest tensor + {:.1} MiB (startup {:.1} MiB)",
         mib(bytes),

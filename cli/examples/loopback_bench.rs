@@ -221,7 +221,7 @@ fn child(args: &[String]) -> Result<(), BoxError> {
             _ => Err("unknown child".into()),
         }
     })?;
-    println!("secs={secs} bytes={bytes} hwm_kib={} minflt={}", tensorwire::harness::peak_rss_kib(), minor_faults());
+    println!("secs={secs} bytes={bytes} hwm_kib={} minflt={}", tensorwire_cli::harness::peak_rss_kib(), minor_faults());
     Ok(())
 }
 
@@ -244,7 +244,7 @@ async fn serve_h2(path: &str) -> Result<(), BoxError> {
     let registry = Registry::new().with_file("source", path);
     let server = Server::bind("127.0.0.1:0", registry, config()).await?;
     println!("{}", server.local_addr()?);
-    tensorwire::harness::serve_one_transfer(server).await?;
+    tensorwire_cli::harness::serve_one_transfer(server).await?;
     Ok(())
 }
 

@@ -268,7 +268,7 @@ fn child(args: &[String]) -> Result<(), BoxError> {
             let server = Server::bind("127.0.0.1:0", registry, config(mode, dir, true)?).await?;
             println!("{}", server.local_addr()?);
             if get(2)? == "once" {
-                tensorwire::harness::serve_one_transfer(server).await?;
+                tensorwire_cli::harness::serve_one_transfer(server).await?;
                 println!("cpu={}", cpu_secs());
             } else {
                 server.run().await?;

@@ -16,7 +16,7 @@
 //! (tensor by tensor, written as a safetensors file), `nf4` (container
 //! mode quantized to NF4 on the wire and restored to fp32 on arrival).
 
-#[path = "../tests/common/wan.rs"]
+#[path = "../../tests/common/wan.rs"]
 mod wan;
 
 use std::path::{Path, PathBuf};
@@ -68,13 +68,13 @@ async fn orchestrate(args: &[String]) -> Result<(), BoxError> {
     let rates = list(&arg(args, "--mbit", "1000"));
     let runs: usize = arg(args, "--runs", "3").parse()?;
     let modes: Vec<String> = arg(args, "--modes", "file,container,nf4").split(',').map(str::to_string).collect();
-    let shape = tensorwire::harness::shape_named(&arg(args, "--model", "demo")).ok_or("unknown --model")?;
+    let shape = tensorwire_cli::harness::shape_named(&arg(args, "--model", "demo")).ok_or("unknown --model")?;
     let dir = PathBuf::from(arg(args, "--dir", &std::env::temp_dir().display().to_string()))
         .join(format!("tw-wan-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let _cleanup = Cleanup(dir.clone());
     let src = dir.join(NAME);
-    tensorwire::harness::write_model(&shape, &src)?;
+    tensorwire_cli::harness::write_model(&shape, &src)?;
     let len = std::fs::metadata(&src)?.len();
     let out = dir.join("out.safetensors");
 
@@ -187,7 +187,7 @@ fn child(args: &[String]) -> Result<(), BoxError> {
             _ => Err("unknown child".into()),
         }
     })?;
-    println!("secs={secs} bytes={bytes} hwm_kib={}", tensorwire::harness::peak_rss_kib());
+    println!("secs={secs} bytes={bytes} hwm_kib={}", tensorwire_cli::harness::peak_rss_kib());
     Ok(())
 }
 

@@ -14,13 +14,13 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 
-use crate::models::LlamaShape;
-use crate::quant::Scheme;
-use crate::send::ContainerStreamer;
-use crate::tensor::{Dtype, TensorMap};
-use crate::transport::{Client, Config, Registry, Server, TransferOptions};
-use crate::wire::{crc::Combined, FrameDecoder, CONTENT_TYPE};
-use crate::Error;
+use tensorwire::models::LlamaShape;
+use tensorwire::quant::Scheme;
+use tensorwire::send::ContainerStreamer;
+use tensorwire::tensor::{Dtype, TensorMap};
+use tensorwire::transport::{Client, Config, Registry, Server, ServerEvent, ServerHandle, TransferOptions};
+use tensorwire::wire::{crc::Combined, EncodedFrame, FrameDecoder, CONTENT_TYPE};
+use tensorwire::Error;
 
 /// The child subcommand the harness starts (hidden in the CLI).
 pub const CHILD: &str = "__harness-child";
@@ -303,12 +303,12 @@ fn compare_files(a: &Path, b: &Path, bytewise: bool) -> Result<String, Error> {
             let mut crc = Combined::new();
             while let Some(f) = frames.next().await {
                 match f? {
-                    crate::wire::Frame::ItemHeader(h) => {
+                    tensorwire::wire::Frame::ItemHeader(h) => {
                         name = h.name;
                         crc = Combined::new();
                     }
-                    crate::wire::Frame::Chunk(c) => crc.push(c.crc, c.data.len() as u64),
-                    crate::wire::Frame::ItemEnd(_) => {
+                    tensorwire::wire::Frame::Chunk(c) => crc.push(c.crc, c.data.len() as u64),
+                    tensorwire::wire::Frame::ItemEnd(_) => {
                         out.insert(std::mem::take(&mut name), crc.crc());
                     }
                     _ => {}
@@ -348,7 +348,7 @@ pub fn write_model(shape: &LlamaShape, path: &Path) -> Result<(), Error> {
     f.write_all(&header)?;
     for (n, (_, dims)) in tensors.iter().enumerate() {
         let numel = dims.iter().product::<u64>() as usize;
-        f.write_all(&crate::models::weights_for_tests(numel, Dtype::F32, SEED.wrapping_add(n as u64)))?;
+        f.write_all(&tensorwire::models::weights_for_tests(numel, Dtype::F32, SEED.wrapping_add(n as u64)))?;
     }
     f.flush()?;
     Ok(())
@@ -429,16 +429,36 @@ async fn serve(registry: Registry) -> Result<(), Error> {
     Ok(())
 }
 
-/// Runs `server` until its first transfers are done, then shuts it down;
-/// returns its handle for the counters. For tools that move one object.
+/// Runs `server` until its first request has been answered, then shuts it
+/// down (GOAWAY: a transfer in flight still finishes) and returns its handle
+/// for the counters. For tools that move one object.
+///
+/// The server's [`ServerEvent::Request`] (sent once a request is answered,
+/// its body included) is the signal: nothing polls.
 ///
 /// # Errors
 ///
 /// What [`Server::run`] returns.
-pub async fn serve_one_transfer(server: Server) -> Result<crate::transport::ServerHandle, Error> {
+pub async fn serve_one_transfer(server: Server) -> Result<ServerHandle, Error> {
+    let (done, answered) = tokio::sync::oneshot::channel::<()>();
+    let done = Mutex::new(Some(done));
+    let server = server.with_events(Arc::new(move |event: &ServerEvent| {
+        if matches!(event, ServerEvent::Request { .. }) {
+            if let Some(done) = done.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+                let _ = done.send(());
+            }
+        }
+    }));
     let handle = server.handle();
-    let run = tokio::spawn(server.run());
-    handle.first_transfers_done().await;
+    let mut run = tokio::spawn(server.run());
+    tokio::select! {
+        // The server ended on its own (it failed): report that.
+        ended = &mut run => {
+            ended.map_err(|e| Error::Io(std::io::Error::other(e)))??;
+            return Ok(handle);
+        }
+        _ = answered => {}
+    }
     handle.shutdown();
     run.await.map_err(|e| Error::Io(std::io::Error::other(e)))??;
     Ok(handle)
@@ -469,17 +489,18 @@ async fn serve_regular(shape: LlamaShape) -> Result<(), Error> {
     let mut conn = h2::server::Builder::new()
         .initial_window_size(config.stream_window)
         .initial_connection_window_size(config.connection_window)
-        .max_frame_size(config.frame_size())
+        .max_frame_size(config.max_frame_size)
         .max_send_buffer_size(config.max_send_buffer)
-        .handshake::<_, crate::wire::EncodedFrame>(tcp)
+        .handshake::<_, tensorwire::wire::EncodedFrame>(tcp)
         .await?;
-    let sent = whole.len() + crate::wire::PREAMBLE_LEN;
+    let sent = whole.len() + tensorwire::wire::PREAMBLE_LEN;
     if let Some(Ok((_req, mut respond))) = conn.accept().await {
         let resp =
             http::Response::builder().status(200).header("content-type", CONTENT_TYPE).body(()).unwrap_or_default();
         let stream = respond.send_response(resp, false)?;
-        let mut tx = crate::transport::body::FrameSender::new(stream, &config);
-        let send = tx.send_encoded_and_finish(whole);
+        let mut body = BytesMut::with_capacity(tensorwire::wire::PREAMBLE_LEN);
+        body.extend_from_slice(&tensorwire::wire::preamble());
+        let send = send_whole(stream, body.freeze(), whole, config.idle_timeout);
         // The connection must be driven while the body goes out.
         let drive = async { while conn.accept().await.is_some() {} };
         tokio::select! {
@@ -493,6 +514,37 @@ async fn serve_regular(shape: LlamaShape) -> Result<(), Error> {
     }
     drop(model);
     report_peak(&format!("sent={sent}"));
+    Ok(())
+}
+
+/// Sends `preamble` then `frames` as one response body, never handing h2
+/// more than the capacity it granted (SPEC.md §8.1).
+async fn send_whole(
+    mut stream: h2::SendStream<EncodedFrame>,
+    preamble: Bytes,
+    mut frames: Bytes,
+    idle: std::time::Duration,
+) -> Result<(), Error> {
+    stream.send_data(EncodedFrame::from_bytes(preamble), frames.is_empty())?;
+    while !frames.is_empty() {
+        stream.reserve_capacity(frames.len());
+        let granted = tokio::time::timeout(idle, async {
+            loop {
+                if stream.capacity() > 0 {
+                    return Ok(stream.capacity());
+                }
+                match std::future::poll_fn(|cx| stream.poll_capacity(cx)).await {
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Err(Error::from(e)),
+                    None => return Err(Error::Protocol("stream closed while waiting for capacity")),
+                }
+            }
+        })
+        .await
+        .map_err(|_| Error::Timeout("send capacity"))??;
+        let part = frames.split_to(granted.min(frames.len()));
+        stream.send_data(EncodedFrame::from_bytes(part), frames.is_empty())?;
+    }
     Ok(())
 }
 
@@ -532,7 +584,7 @@ async fn get_lazy(shape: LlamaShape, addr: &str, scheme: Option<Scheme>, verify:
         if verify {
             let n = index.get(t.name()).copied().ok_or(Error::Protocol("unexpected tensor"))?;
             let numel = t.meta().numel().unwrap_or(0) as usize;
-            let expected = crate::models::weights_for_tests(numel, Dtype::F32, SEED.wrapping_add(n as u64));
+            let expected = tensorwire::models::weights_for_tests(numel, Dtype::F32, SEED.wrapping_add(n as u64));
             identical &= expected == *t.data();
             for (a, b) in expected.chunks_exact(4).zip(t.data().chunks_exact(4)) {
                 let (a, b) = (
@@ -569,9 +621,9 @@ async fn get_regular(addr: &str) -> Result<(), Error> {
     let mut rx = c.get("model", &TransferOptions::default()).await?;
     // Frames arrive in order; keep the whole object as received, in a
     // buffer sized from the object header's total.
-    let mut whole = BytesMut::from(&crate::wire::preamble()[..]);
+    let mut whole = BytesMut::from(&tensorwire::wire::preamble()[..]);
     while let Some(f) = rx.next_frame().await? {
-        if let crate::wire::Frame::ObjectHeader(h) = &f {
+        if let tensorwire::wire::Frame::ObjectHeader(h) = &f {
             let items = h.items.unwrap_or(0) as usize;
             whole.reserve(h.total_len.unwrap_or(0) as usize + items * 256 + 4096);
         }
@@ -586,28 +638,28 @@ async fn get_regular(addr: &str) -> Result<(), Error> {
 fn decode_whole(mut whole: BytesMut) -> Result<TensorMap, Error> {
     let mut dec = FrameDecoder::new();
     let mut map = TensorMap::new();
-    let mut current: Option<(crate::wire::ItemHeader, Vec<u8>)> = None;
+    let mut current: Option<(tensorwire::wire::ItemHeader, Vec<u8>)> = None;
     // Each tensor is copied out of the received object: the whole object
     // and the whole map are held at once, as a regular receiver does.
     while let Some(f) = dec.decode_frame_eof(&mut whole)? {
         match f {
-            crate::wire::Frame::ItemHeader(h) => {
+            tensorwire::wire::Frame::ItemHeader(h) => {
                 let len = h.len as usize;
                 current = Some((h, Vec::with_capacity(len)));
             }
-            crate::wire::Frame::Chunk(c) => {
+            tensorwire::wire::Frame::Chunk(c) => {
                 if let Some((_, d)) = current.as_mut() {
                     d.extend_from_slice(&c.data);
                 }
             }
-            crate::wire::Frame::ItemEnd(_) => {
+            tensorwire::wire::Frame::ItemEnd(_) => {
                 if let Some((h, d)) = current.take() {
-                    let meta = crate::tensor::TensorMeta::new(
+                    let meta = tensorwire::tensor::TensorMeta::new(
                         h.name.clone(),
                         h.dtype.unwrap_or(Dtype::U8),
                         h.shape.unwrap_or_default(),
                     );
-                    map.insert(h.name, crate::tensor::Tensor::from_meta(meta, Bytes::from(d))?);
+                    map.insert(h.name, tensorwire::tensor::Tensor::from_meta(meta, Bytes::from(d))?);
                 }
             }
             _ => {}

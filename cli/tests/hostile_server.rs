@@ -3,6 +3,8 @@
 //! time, checking that the server stays alive, keeps serving a well-behaved
 //! client, stays under a stated memory budget, and stores nothing wrong.
 
+// The library's test fixture, shared rather than copied.
+#[path = "../../tests/common/mod.rs"]
 mod common;
 mod hostile;
 

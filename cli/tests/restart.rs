@@ -2,6 +2,8 @@
 //! same arguments, resumes from the ledger beside `FILE.part` instead of
 //! starting over.
 
+// The library's test fixture, shared rather than copied.
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::process::{Command, Stdio};

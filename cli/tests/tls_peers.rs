@@ -2,6 +2,8 @@
 //! `ssl` with the `h2` package, and the `tensorwire` binary's `serve`, `get`
 //! and `put` with the TLS and access flags.
 
+// The library's test fixture, shared rather than copied.
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::io::{BufRead, BufReader};
@@ -116,7 +118,7 @@ async fn python_ssl_and_h2_download_a_body_that_decodes() {
     src.file("model.bin", &data);
     let server = mutual_server(&pki, src.path()).await;
     let site = pki.client("site-1", &[]);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/h2_tls_get.py");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/peers/h2_tls_get.py");
     let out = src.join("body.tw");
     let port = server.addr.port().to_string();
     let run = |with_cert: bool, out: &Path| {

@@ -81,13 +81,6 @@ impl FrameSender {
         }
     }
 
-    /// Sends an already encoded run of frames (after what is staged) and
-    /// ends the stream.
-    pub(crate) async fn send_encoded_and_finish(&mut self, frames: bytes::Bytes) -> Result<(), Error> {
-        let head = std::mem::take(&mut self.staged).freeze();
-        self.send(EncodedFrame::from_parts(head, frames), true).await
-    }
-
     /// Sends whatever is staged and ends the stream.
     pub(crate) async fn finish(&mut self) -> Result<(), Error> {
         let head = std::mem::take(&mut self.staged).freeze();

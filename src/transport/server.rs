@@ -208,15 +208,6 @@ impl ServerHandle {
         self.budget.used()
     }
 
-    /// Waits until at least one request has been handled and none is in
-    /// flight (polling every millisecond): for tools that serve one
-    /// transfer and stop.
-    pub async fn first_transfers_done(&self) {
-        while self.requests_started() == 0 || self.active_requests() > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
-    }
-
     /// Response-body bytes handed to HTTP/2 so far, all transfers together:
     /// only what receivers granted flow-control capacity for.
     pub fn bytes_sent(&self) -> u64 {

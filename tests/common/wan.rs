@@ -1,7 +1,7 @@
 //! A WAN emulator on loopback: a TCP proxy that delays each direction, caps
 //! its rate behind a link queue, and can cut, stall or corrupt a connection
 //! at a chosen byte offset. Shared by the tests (`tests/common/`) and
-//! `examples/wan_bench.rs` (which includes this file by path).
+//! `cli/examples/wan_bench.rs` (which includes this file by path).
 //!
 //! Each direction is a reader task and a writer task. The reader takes bytes
 //! as they come, computes when they leave the link (`rate`: one byte after

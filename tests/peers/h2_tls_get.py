@@ -1,4 +1,4 @@
-"""A real TLS peer for tests/tls_peers.rs: Python's ssl module and the h2
+"""A real TLS peer for cli/tests/tls_peers.rs: Python's ssl module and the h2
 package pull one object over HTTP/2 with TLS 1.3 and ALPN h2, presenting a
 client certificate when given one, and write the response body to a file.
 

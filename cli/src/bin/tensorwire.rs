@@ -514,7 +514,7 @@ fn main() -> ExitCode {
     init_logs(cli.log_level.as_deref(), cli.log_format);
     // Harness children run their own runtime.
     if let Command::HarnessChild { args } = &cli.command {
-        return match tensorwire::harness::child_main(args) {
+        return match tensorwire_cli::harness::child_main(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("tensorwire: {e}");
@@ -588,7 +588,7 @@ async fn run(command: Command) -> Result<(), Failure> {
             Ok(bench_memory(&shape, dir, json, verify, modes, false)?)
         }
         Command::Demo { dir } => Ok(bench_memory("demo", dir, false, true, None, true)?),
-        Command::HarnessChild { args } => Ok(tensorwire::harness::child_main(&args)?),
+        Command::HarnessChild { args } => Ok(tensorwire_cli::harness::child_main(&args)?),
         Command::Frames { object, chunks, extract } => frames(&object, chunks, extract),
     }
 }
@@ -1162,7 +1162,7 @@ fn bench_memory(
     modes: Option<Vec<String>>,
     demo: bool,
 ) -> Result<(), BoxError> {
-    use tensorwire::harness::{self, BenchMode, Options};
+    use tensorwire_cli::harness::{self, BenchMode, Options};
     let shape = harness::shape_named(shape_name).ok_or_else(|| format!("unknown shape {shape_name:?}"))?;
     let modes = match modes {
         Some(names) => names
