@@ -102,9 +102,8 @@ fn send_and_recv_do_not_import_each_other() {
     assert!(!g.get("recv").is_some_and(|r| r.contains("send")), "recv imports send");
 }
 
-#[test]
-fn no_import_cycle_between_modules() {
-    let g = graph();
+/// A cycle in `g`, as the path that closes it, if there is one.
+fn find_cycle(g: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
     // Depth-first search for a back edge.
     fn visit<'a>(
         n: &'a str,
@@ -136,10 +135,151 @@ fn no_import_cycle_between_modules() {
     let mut state = BTreeMap::new();
     for n in g.keys() {
         let mut path = Vec::new();
-        if let Some(cycle) = visit(n, &g, &mut state, &mut path) {
-            panic!("import cycle: {}", cycle.join(" -> "));
+        if let Some(cycle) = visit(n, g, &mut state, &mut path) {
+            return Some(cycle);
         }
     }
+    None
+}
+
+#[test]
+fn no_import_cycle_between_modules() {
+    if let Some(cycle) = find_cycle(&graph()) {
+        panic!("import cycle: {}", cycle.join(" -> "));
+    }
+}
+
+/// The code of a file before its unit tests, without comment lines.
+fn code_of(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let code = line.trim_start();
+        if code.starts_with("#[cfg(test)]") {
+            break;
+        }
+        if !code.starts_with("//") {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Which of `files` (path relative to `src/wire`, text) refers to which,
+/// through `super::NAME` or `crate::wire::NAME` paths and `use` groups:
+/// NAME is resolved to the file of the module of that name, or to the file
+/// that defines an item of that name at its top level. `mod.rs` of `wire`
+/// itself only declares and re-exports, and is left out (as `lib.rs` is
+/// above).
+fn wire_file_graph(files: &[(String, String)]) -> BTreeMap<String, BTreeSet<String>> {
+    let ident = |s: &str| -> String { s.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect() };
+    // Module names (`meta`, `frame`, `common`...) and top-level items.
+    let mut owner: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let mut claim = |name: String, file: &str| {
+        owner.entry(name).and_modify(|o| *o = None).or_insert_with(|| Some(file.to_string()));
+    };
+    for (file, text) in files {
+        let stem = file.trim_end_matches(".rs").trim_end_matches("/mod");
+        claim(stem.rsplit('/').next().unwrap_or(stem).to_string(), file);
+        for line in code_of(text).lines() {
+            let rest = ["pub ", "pub(crate) ", "pub(super) "].iter().find_map(|p| line.strip_prefix(p));
+            let Some(rest) = rest else { continue };
+            for kw in ["struct ", "enum ", "fn ", "const ", "type ", "trait ", "static "] {
+                if let Some(name) = rest.strip_prefix(kw) {
+                    claim(ident(name), file);
+                }
+            }
+        }
+    }
+    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (file, text) in files {
+        let code = code_of(text);
+        let mut names = BTreeSet::new();
+        for prefix in ["super::", "crate::wire::"] {
+            let mut rest = code.as_str();
+            while let Some(at) = rest.find(prefix) {
+                rest = &rest[at + prefix.len()..];
+                if let Some(group) = rest.strip_prefix('{') {
+                    // `use super::{a, b::C, d}`: every name of the group.
+                    let end = group.find('}').unwrap_or(group.len());
+                    for part in group[..end].split(',') {
+                        for seg in part.split("::") {
+                            names.insert(ident(seg.trim()));
+                        }
+                    }
+                } else {
+                    // `super::a::B`: each segment of the path.
+                    let path: String =
+                        rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':').collect();
+                    for seg in path.split("::") {
+                        names.insert(ident(seg));
+                    }
+                }
+            }
+        }
+        let entry = edges.entry(file.clone()).or_default();
+        // A `dir/mod.rs` uses the children it declares (`mod chunk;`).
+        if let Some(dir) = file.strip_suffix("mod.rs") {
+            for line in code.lines() {
+                let decl = line.trim_start().trim_start_matches("pub ").strip_prefix("mod ");
+                if let Some(child) = decl.map(ident).map(|c| format!("{dir}{c}.rs")) {
+                    if files.iter().any(|(f, _)| *f == child) {
+                        entry.insert(child);
+                    }
+                }
+            }
+        }
+        for name in names {
+            if let Some(Some(target)) = owner.get(&name) {
+                if target != file {
+                    entry.insert(target.clone());
+                }
+            }
+        }
+    }
+    edges
+}
+
+#[test]
+fn no_import_cycle_between_wire_files() {
+    // As h2 keeps src/frame/: one file per frame kind, and the files of
+    // `wire` (frame/, meta.rs, the decoder...) import one another one way.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join("wire");
+    let mut paths = Vec::new();
+    sources(&root, &mut paths);
+    let mut files = Vec::new();
+    for path in paths {
+        let rel = path.strip_prefix(&root).expect("under wire").to_string_lossy().replace('\\', "/");
+        // mod.rs declares and re-exports; test_util.rs is a test-only helper.
+        if rel == "mod.rs" || rel == "test_util.rs" {
+            continue;
+        }
+        files.push((rel, std::fs::read_to_string(&path).expect("read")));
+    }
+    assert!(files.iter().any(|(f, _)| f == "frame/chunk.rs"), "wire/frame/ has one file per frame kind");
+    let g = wire_file_graph(&files);
+    if let Some(cycle) = find_cycle(&g) {
+        panic!("import cycle between the files of src/wire: {}", cycle.join(" -> "));
+    }
+}
+
+#[test]
+fn the_wire_checker_sees_a_circle() {
+    // The check must be able to fail: frame.rs and meta.rs importing each
+    // other (the IndexEntry circle this layout broke) is seen.
+    let files = [
+        ("frame.rs".to_string(), "use super::meta::{self, IndexJson};\npub struct IndexEntry;\n".to_string()),
+        ("meta.rs".to_string(), "pub(crate) struct IndexJson;\nfn f(e: &super::IndexEntry) {}\n".to_string()),
+        ("crc.rs".to_string(), "// super::frame in a comment\npub fn checksum() {}\n".to_string()),
+        ("f/mod.rs".to_string(), "mod chunk;\npub use chunk::Chunk;\npub enum Frame {}\n".to_string()),
+        ("f/chunk.rs".to_string(), "pub struct Chunk;\nfn g(_: super::Frame) {}\n".to_string()),
+    ];
+    let g = wire_file_graph(&files);
+    assert_eq!(g["crc.rs"], BTreeSet::new());
+    // A child that uses its parent's items closes a circle too.
+    assert!(g["f/mod.rs"].contains("f/chunk.rs") && g["f/chunk.rs"].contains("f/mod.rs"), "{g:?}");
+    assert!(g["frame.rs"].contains("meta.rs") && g["meta.rs"].contains("frame.rs"), "{g:?}");
+    assert!(find_cycle(&g).is_some(), "{g:?}");
 }
 
 #[test]

@@ -94,7 +94,7 @@ pub(crate) fn encode_range(
     }
     let bad = |reason: String| Error::Tensor { name: meta.name.clone(), reason };
     let record = encoding.record_len() as usize;
-    let per_record = elements_per_record(encoding);
+    let per_record = encoding.record_elements() as usize;
     let width = element_bytes(meta.dtype).ok_or_else(|| bad(format!("{} cannot be quantized", meta.dtype)))?;
     if range.start % record != 0 {
         return Err(bad(format!("wire range {range:?} is not aligned to {record}-byte records")));
@@ -137,7 +137,7 @@ pub(crate) fn decode_chunk_into(
     let bad = |reason: String| Error::Tensor { name: meta.name.clone(), reason };
     let width = element_bytes(meta.dtype).ok_or_else(|| bad(format!("{} cannot be quantized", meta.dtype)))? as u64;
     let record = encoding.record_len();
-    let per_record = elements_per_record(encoding) as u64;
+    let per_record = encoding.record_elements();
     let numel = meta.numel().ok_or_else(|| bad("size overflows".into()))?;
     // SPEC.md §7.2: the decoder checked that chunks are record-aligned.
     let first = offset / record * per_record;
@@ -145,17 +145,6 @@ pub(crate) fn decode_chunk_into(
     let count = usize::try_from(last.saturating_sub(first)).map_err(|_| bad("chunk too large".into()))?;
     super::decode_span_with(encoding, meta.dtype, wire, count, out, subnormals).map_err(bad)?;
     Ok(first * width)
-}
-
-/// Source elements per wire record.
-pub(crate) fn elements_per_record(encoding: &Encoding) -> usize {
-    match encoding {
-        Encoding::Raw | Encoding::Fp16 | Encoding::Bf16 => 1,
-        Encoding::Blockwise8 { block_size, .. } => *block_size as usize,
-        Encoding::Fp4 { block_size, nested } | Encoding::Nf4 { block_size, nested } => {
-            *block_size as usize * if *nested { crate::wire::meta::NESTED_GROUP_BLOCKS as usize } else { 1 }
-        }
-    }
 }
 
 /// Quantizes a stream of tensors: `tensors.quantize(Scheme::Nf4)`.

@@ -6,17 +6,6 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::crc::Combined;
 use super::{preamble, Abort, Chunk, Frame, ItemEnd, ItemHeader, Limits, ObjectEnd, ObjectHeader};
 
-/// The chunk size senders use unless told otherwise: 4 MiB.
-pub const DEFAULT_CHUNK_BYTES: u32 = 4 << 20;
-
-/// The smallest chunk size a server agrees to send (SPEC.md §8.2): smaller
-/// chunks only multiply frames, CRCs and per-frame work.
-pub const MIN_CHUNK_BYTES: u32 = 64 << 10;
-
-/// The largest chunk size a server agrees to send (SPEC.md §8.2): the
-/// default `max_payload` of a receiver (SPEC.md §6).
-pub const MAX_CHUNK_BYTES: u32 = 16 << 20;
-
 /// Why a frame could not be encoded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

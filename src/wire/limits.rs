@@ -1,5 +1,16 @@
 //! Resource limits a decoder enforces before it allocates (SPEC.md §6).
 
+/// The chunk size senders use unless told otherwise: 4 MiB.
+pub const DEFAULT_CHUNK_BYTES: u32 = 4 << 20;
+
+/// The smallest chunk size a server agrees to send (SPEC.md §8.2): smaller
+/// chunks only multiply frames, CRCs and per-frame work.
+pub const MIN_CHUNK_BYTES: u32 = 64 << 10;
+
+/// The largest chunk size a server agrees to send (SPEC.md §8.2): the
+/// default `max_payload` of a receiver (SPEC.md §6).
+pub const MAX_CHUNK_BYTES: u32 = 16 << 20;
+
 /// Limits on what a peer may make a decoder hold or expect.
 ///
 /// Every length a peer declares is checked against these *before* any buffer

@@ -260,19 +260,44 @@ impl Encoding {
         }
     }
 
+    /// The record geometry of the encoding, the one source of it (SPEC.md
+    /// §5.5, §7.2): `(bytes on the wire, source elements)` per record. Chunk
+    /// boundaries align to records, and a record decodes on its own.
+    fn record(&self) -> (u64, u64) {
+        match self {
+            Encoding::Raw => (1, 1),
+            Encoding::Fp16 | Encoding::Bf16 => (2, 1),
+            _ => match self.blocks() {
+                // Per block: an f32 absmax, then the codes.
+                Some((block, bits, false)) => (4 + block * bits / 8, block),
+                // Per group of blocks: 8 bytes of group scales, then per
+                // block a code byte for its absmax and the codes (SPEC.md §5.5.3).
+                Some((block, bits, true)) => {
+                    (8 + NESTED_GROUP_BLOCKS * (1 + block * bits / 8), block * NESTED_GROUP_BLOCKS)
+                }
+                None => (1, 1),
+            },
+        }
+    }
+
     /// The record size that chunk boundaries of an item align to (SPEC.md
     /// §5.5, §7.2): 1 for raw bytes, 2 for the 16-bit casts, a whole block
     /// record (or nested group) for the block schemes.
     pub fn record_len(&self) -> u64 {
-        match self {
-            Encoding::Raw => 1,
-            Encoding::Fp16 | Encoding::Bf16 => 2,
-            _ => match self.blocks() {
-                Some((block, bits, false)) => 4 + block * bits / 8,
-                Some((block, bits, true)) => 8 + NESTED_GROUP_BLOCKS * (1 + block * bits / 8),
-                None => 1,
-            },
-        }
+        self.record().0
+    }
+
+    /// Source elements one record of [`Encoding::record_len`] bytes holds:
+    /// 1 for raw bytes and the casts, the block (or nested group of
+    /// blocks) for the block schemes.
+    ///
+    /// ```
+    /// use tensorwire::wire::Encoding;
+    /// let nf4 = Encoding::Nf4 { block_size: 64, nested: false };
+    /// assert_eq!((nf4.record_len(), nf4.record_elements()), (36, 64));
+    /// ```
+    pub fn record_elements(&self) -> u64 {
+        self.record().1
     }
 
     /// Checks the encoding's own fields and that it may encode `dtype`.
@@ -316,51 +341,8 @@ pub(crate) fn truncate(s: &str) -> String {
     s[..end].to_string()
 }
 
-// ---- JSON representation (SPEC.md §5.1, §5.2) ----
-
-#[derive(serde::Serialize, serde::Deserialize)]
-pub(crate) struct ObjectJson {
-    pub(crate) name: String,
-    pub(crate) mode: String,
-    #[serde(default)]
-    pub(crate) items: Option<u64>,
-    #[serde(default)]
-    pub(crate) total_len: Option<u64>,
-    pub(crate) chunk_size: u32,
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub(crate) metadata: std::collections::BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) index: Option<Vec<IndexJson>>,
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-pub(crate) struct IndexJson {
-    name: String,
-    dtype: String,
-    shape: Vec<u64>,
-}
-
-impl IndexJson {
-    pub(crate) fn from_entry(e: &super::frame::IndexEntry) -> Self {
-        IndexJson { name: e.name.clone(), dtype: e.dtype.as_str().into(), shape: e.shape.clone() }
-    }
-
-    pub(crate) fn into_entry(self) -> Result<super::frame::IndexEntry, DecodeError> {
-        Ok(super::frame::IndexEntry { dtype: Dtype::parse(&self.dtype)?, name: self.name, shape: self.shape })
-    }
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-pub(crate) struct ItemJson {
-    pub(crate) name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) dtype: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) shape: Option<Vec<u64>>,
-    pub(crate) len: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) encoding: Option<EncodingJson>,
-}
+// ---- JSON representation of an encoding (SPEC.md §5.2); the frames' own
+// JSON lives with each frame (frame/object_header.rs, frame/item_header.rs) ----
 
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(crate) struct EncodingJson {
@@ -491,6 +473,24 @@ mod tests {
         assert_eq!(Encoding::Blockwise8 { block_size: 4096, code: None }.record_len(), 4100);
         assert_eq!(Encoding::Nf4 { block_size: 64, nested: false }.record_len(), 36);
         assert_eq!(Encoding::Nf4 { block_size: 64, nested: true }.record_len(), 8 + 256 * 33);
+    }
+
+    #[test]
+    fn a_record_of_elements_encodes_to_one_record() {
+        // record_len and record_elements describe the same geometry: the
+        // elements of one record take exactly record_len bytes.
+        for e in [
+            Encoding::Fp16,
+            Encoding::Bf16,
+            Encoding::Blockwise8 { block_size: 4096, code: None },
+            Encoding::Blockwise8 { block_size: 64, code: None },
+            Encoding::Fp4 { block_size: 128, nested: false },
+            Encoding::Nf4 { block_size: 64, nested: true },
+            Encoding::Fp4 { block_size: 4096, nested: true },
+        ] {
+            assert_eq!(e.encoded_len(e.record_elements(), Dtype::F32), Some(e.record_len()), "{e:?}");
+        }
+        assert_eq!(Encoding::Raw.encoded_len(Encoding::Raw.record_elements(), Dtype::U8), Some(1));
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! ```
 //!
 //! * [`header`] — the fixed header (SPEC.md §3).
-//! * [`frame`] — one struct per frame kind with `decode`/`encode` (SPEC.md §4).
+//! * [`frame`] — one struct per frame kind with `decode`/`encode` (SPEC.md §4),
+//!   one file each (`frame/object_header.rs`, `frame/chunk.rs`, ...).
 //! * [`meta`] — the JSON metadata of object and item headers, dtypes and
 //!   encodings (SPEC.md §5).
 //! * [`FrameDecoder`] / [`FrameEncoder`] — `tokio_util::codec` implementations
@@ -29,6 +30,7 @@ mod encoder;
 mod error;
 pub mod frame;
 pub mod header;
+mod kind;
 mod limits;
 pub mod meta;
 mod scheme;
@@ -38,13 +40,13 @@ mod test_util;
 
 pub use budget::Budget;
 pub use decoder::FrameDecoder;
-pub use encoder::{EncodeError, FrameEncoder, ObjectEncoder, DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, MIN_CHUNK_BYTES};
+pub use encoder::{EncodeError, FrameEncoder, ObjectEncoder};
 pub use error::{CodecError, DecodeError};
 pub use frame::{
     Abort, AbortCode, Chunk, EncodedFrame, Frame, IndexEntry, ItemEnd, ItemHeader, ObjectEnd, ObjectHeader,
 };
 pub use header::{FrameHeader, FrameKind};
-pub use limits::Limits;
+pub use limits::{Limits, DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, MIN_CHUNK_BYTES};
 pub(crate) use meta::truncate as meta_truncate;
 pub use meta::{Dtype, Encoding, Mode};
 pub use scheme::{Scheme, Subnormals};

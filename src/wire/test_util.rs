@@ -1,6 +1,6 @@
 //! Helpers shared by the wire unit tests.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::*;
 
@@ -55,4 +55,41 @@ pub(crate) fn two_tensors() -> Vec<Frame> {
         enc.object_end(),
     ];
     frames.into_iter().map(|f| f.unwrap_or_else(|e| panic!("test object: {e}"))).collect()
+}
+
+/// A header with the given fields, CRCs computed; then the payload.
+pub(crate) fn raw_frame(kind: u8, item: u32, offset: u64, payload: &[u8]) -> Vec<u8> {
+    let mut b = vec![kind, 0, 0, 0];
+    b.extend_from_slice(&item.to_le_bytes());
+    b.extend_from_slice(&offset.to_le_bytes());
+    b.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    b.extend_from_slice(&crc::checksum(payload).to_le_bytes());
+    let hc = crc::checksum(&b);
+    b.extend_from_slice(&hc.to_le_bytes());
+    b.extend_from_slice(payload);
+    b
+}
+
+/// Decodes one frame (header and payload) with the default limits.
+pub(crate) fn decode(bytes: &[u8]) -> Result<Frame, DecodeError> {
+    decode_with(bytes, &Limits::default())
+}
+
+/// Decodes one frame (header and payload) with `limits`.
+pub(crate) fn decode_with(bytes: &[u8], limits: &Limits) -> Result<Frame, DecodeError> {
+    let mut head = [0u8; HEADER_LEN];
+    head.copy_from_slice(&bytes[..HEADER_LEN]);
+    let head = FrameHeader::decode(&head)?;
+    Frame::decode(head, Bytes::copy_from_slice(&bytes[HEADER_LEN..]), limits)
+}
+
+/// Encodes `frame` both ways (`encode`, `into_buf`) and decodes it back.
+pub(crate) fn round_trip(frame: Frame) -> TestResult {
+    let mut buf = Vec::new();
+    frame.encode(&mut buf);
+    assert_eq!(buf.len(), frame.encoded_len());
+    assert_eq!(decode(&buf)?, frame);
+    let mut parts = frame.clone().into_buf();
+    assert_eq!(parts.copy_to_bytes(parts.remaining()), buf);
+    Ok(())
 }
