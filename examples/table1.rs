@@ -49,7 +49,7 @@ fn main() -> Result<(), String> {
         fp32 += tensor.data().len() as u64;
         for (s, scheme) in sizes.iter_mut().zip(schemes) {
             let enc = scheme.encoding_for(Dtype::F32);
-            let wire = encode_span(&enc, Dtype::F32, tensor.data())?;
+            let wire = encode_span(&enc, Dtype::F32, tensor.data()).map_err(|e| e.to_string())?;
             // Codes are numel * bits / 8 bytes; the rest of the records is meta.
             let payload = (numel * u64::from(scheme.bits())).div_ceil(8);
             s.payload += payload;

@@ -33,9 +33,9 @@ proptest! {
             (Scheme::Fp4, 64, tables::fp4().to_vec()),
         ] {
             let enc = scheme.encoding_for(Dtype::F32);
-            let wire = encode_span(&enc, Dtype::F32, &bytes(&x)).map_err(TestCaseError::fail)?;
+            let wire = encode_span(&enc, Dtype::F32, &bytes(&x)).map_err(|e| TestCaseError::fail(e.to_string()))?;
             let mut out = Vec::new();
-            decode_span(&enc, Dtype::F32, &wire, x.len(), &mut out).map_err(TestCaseError::fail)?;
+            decode_span(&enc, Dtype::F32, &wire, x.len(), &mut out).map_err(|e| TestCaseError::fail(e.to_string()))?;
             let back = values(&out);
             let h = half_gap(&table);
             for (b, (orig, got)) in x.chunks(block).zip(back.chunks(block)).enumerate() {
@@ -52,9 +52,9 @@ proptest! {
     fn casts_round_to_nearest(x in prop::collection::vec(-7e4f32..7e4, 1..300)) {
         for scheme in [Scheme::Fp16, Scheme::Bf16] {
             let enc = scheme.encoding_for(Dtype::F32);
-            let wire = encode_span(&enc, Dtype::F32, &bytes(&x)).map_err(TestCaseError::fail)?;
+            let wire = encode_span(&enc, Dtype::F32, &bytes(&x)).map_err(|e| TestCaseError::fail(e.to_string()))?;
             let mut out = Vec::new();
-            decode_span(&enc, Dtype::F32, &wire, x.len(), &mut out).map_err(TestCaseError::fail)?;
+            decode_span(&enc, Dtype::F32, &wire, x.len(), &mut out).map_err(|e| TestCaseError::fail(e.to_string()))?;
             for (o, g) in x.iter().zip(values(&out)) {
                 let expected = match scheme {
                     Scheme::Fp16 => half::f16::from_f32(o.clamp(-65504.0, 65504.0)).to_f32(),
@@ -76,9 +76,9 @@ proptest! {
                 _ => 64,
             };
             let at = (cut.min(x.len()) / per) * per;
-            let whole = encode_span(&enc, Dtype::F32, &bytes(&x)).map_err(TestCaseError::fail)?;
-            let mut pieces = encode_span(&enc, Dtype::F32, &bytes(&x[..at])).map_err(TestCaseError::fail)?;
-            pieces.extend(encode_span(&enc, Dtype::F32, &bytes(&x[at..])).map_err(TestCaseError::fail)?);
+            let whole = encode_span(&enc, Dtype::F32, &bytes(&x)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let mut pieces = encode_span(&enc, Dtype::F32, &bytes(&x[..at])).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            pieces.extend(encode_span(&enc, Dtype::F32, &bytes(&x[at..])).map_err(|e| TestCaseError::fail(e.to_string()))?);
             prop_assert_eq!(&pieces, &whole, "{} split at {}", scheme, at);
         }
     }

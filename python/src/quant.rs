@@ -48,7 +48,7 @@ pub(crate) fn encode(
         | Encoding::Nf4 { block_size, .. } => block_size,
         _ => 0,
     };
-    let wire = py.detach(|| encode_span(&enc, dtype, &bytes)).map_err(PyValueError::new_err)?;
+    let wire = py.detach(|| encode_span(&enc, dtype, &bytes)).map_err(|e| PyValueError::new_err(e.to_string()))?;
     Ok((Buffer::new(wire.into()), block))
 }
 
@@ -66,6 +66,6 @@ pub(crate) fn decode(
     let n = numel(dtype, &shape)?;
     let wire = array_bytes(&wire)?;
     let mut out = Vec::new();
-    py.detach(|| decode_span(&enc, dtype, &wire, n, &mut out)).map_err(PyValueError::new_err)?;
+    py.detach(|| decode_span(&enc, dtype, &wire, n, &mut out)).map_err(|e| PyValueError::new_err(e.to_string()))?;
     Ok(Buffer::new(out.into()))
 }

@@ -30,7 +30,7 @@ mod stream;
 pub mod tables;
 
 pub use crate::wire::Scheme;
-pub use span::{decode_span, decode_span_with, element_bytes, encode_span, Subnormals};
+pub use span::{decode_span, decode_span_with, element_bytes, encode_span, SpanError, Subnormals};
 #[doc(hidden)]
 pub use stream::decode_chunk;
 pub(crate) use stream::{decode_chunk_into, encode_range};

@@ -11,6 +11,71 @@ use crate::wire::meta::NESTED_GROUP_BLOCKS;
 pub use crate::wire::Subnormals;
 use crate::wire::{Dtype, Encoding};
 
+/// Why a span could not be encoded or decoded. [`Error`](crate::Error)
+/// carries it as [`Error::Tensor`](crate::Error::Tensor), with the name of
+/// the tensor it happened in ([`SpanError::in_tensor`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpanError {
+    /// The dtype is not a float source the block schemes and casts take
+    /// (SPEC.md §5.4).
+    #[error("{0} cannot be quantized")]
+    NotQuantizable(Dtype),
+    /// The source bytes end inside a value.
+    #[error("{len} bytes are not whole {dtype} values")]
+    PartialValues {
+        /// The bytes given.
+        len: usize,
+        /// Their dtype.
+        dtype: Dtype,
+    },
+    /// SPEC.md §5.5: `block_size` is a power of two in 64..=4096.
+    #[error("block_size {0} is not a power of two in 64..=4096")]
+    BlockSize(u32),
+    /// A blockwise 8-bit code table other than the built-in dynamic map:
+    /// accepted for decoding only.
+    #[error("only the built-in dynamic map can encode")]
+    CustomCodeTable,
+    /// SPEC.md §5.5.3: a nested 4-bit group cannot carry NaN or ±inf.
+    #[error(
+        "{count} non-finite value(s) (NaN or ±inf) in the group of {group_len} values from element {group_start}, \
+         the first at element {first}: nested 4-bit cannot carry them without corrupting the whole group; use fp4 \
+         or nf4 (bitsandbytes' behaviour, confined to the block)"
+    )]
+    NonFiniteInNestedGroup {
+        /// Non-finite values in the group.
+        count: usize,
+        /// Values in the group.
+        group_len: usize,
+        /// The group's first element, within the span.
+        group_start: usize,
+        /// The first non-finite element, within the span.
+        first: usize,
+    },
+    /// The encoded size of the span does not fit in 64 bits.
+    #[error("span size overflows")]
+    SizeOverflow,
+    /// SPEC.md §5.5: a span's bytes are exactly its records.
+    #[error("{len} bytes cannot hold {numel} {scheme} values ({expected} expected)")]
+    WrongLength {
+        /// The bytes given.
+        len: usize,
+        /// The values they should hold.
+        numel: usize,
+        /// The encoding's scheme name.
+        scheme: &'static str,
+        /// The bytes `numel` values take.
+        expected: u64,
+    },
+}
+
+impl SpanError {
+    /// The crate's [`Error`](crate::Error) for this failure in tensor `name`.
+    pub fn in_tensor(self, name: impl Into<String>) -> crate::Error {
+        crate::Error::Tensor { name: name.into(), reason: self.to_string() }
+    }
+}
+
 /// Bytes per element of a quantizable source dtype (`None` otherwise).
 pub fn element_bytes(dtype: Dtype) -> Option<usize> {
     dtype.is_quantizable().then(|| dtype.bits() as usize / 8)
@@ -98,11 +163,12 @@ fn write_values(dtype: Dtype, values: &[f32], out: &mut Vec<u8>) {
     }
 }
 
-fn block_size(b: u32) -> Result<usize, String> {
+fn block_size(b: u32) -> Result<usize, SpanError> {
+    // SPEC.md §5.5: block_size MUST be a power of two in 64..=4096.
     if (64..=4096).contains(&b) && b.is_power_of_two() {
         Ok(b as usize)
     } else {
-        Err(format!("block_size {b} is not a power of two in 64..=4096"))
+        Err(SpanError::BlockSize(b))
     }
 }
 
@@ -111,16 +177,16 @@ fn block_size(b: u32) -> Result<usize, String> {
 ///
 /// # Errors
 ///
-/// A message when the dtype cannot be encoded, the bytes are not whole
-/// values, or the 8-bit code table is not the built-in one (custom tables
-/// are accepted for decoding only).
-pub fn encode_span(encoding: &Encoding, dtype: Dtype, src: &[u8]) -> Result<Vec<u8>, String> {
+/// [`SpanError::NotQuantizable`], [`SpanError::PartialValues`],
+/// [`SpanError::BlockSize`], [`SpanError::CustomCodeTable`] (custom tables
+/// are accepted for decoding only), [`SpanError::NonFiniteInNestedGroup`].
+pub fn encode_span(encoding: &Encoding, dtype: Dtype, src: &[u8]) -> Result<Vec<u8>, SpanError> {
     if *encoding == Encoding::Raw {
         return Ok(src.to_vec());
     }
-    let width = element_bytes(dtype).ok_or_else(|| format!("{dtype} cannot be quantized"))?;
+    let width = element_bytes(dtype).ok_or(SpanError::NotQuantizable(dtype))?;
     if src.len() % width != 0 {
-        return Err(format!("{} bytes are not whole {dtype} values", src.len()));
+        return Err(SpanError::PartialValues { len: src.len(), dtype });
     }
     let numel = src.len() / width;
     let mut out = Vec::with_capacity(encoding.encoded_len(numel as u64, dtype).unwrap_or(0) as usize);
@@ -142,7 +208,7 @@ pub fn encode_span(encoding: &Encoding, dtype: Dtype, src: &[u8]) -> Result<Vec<
         }
         Encoding::Blockwise8 { block_size: b, code } => {
             if code.as_ref().is_some_and(|c| c.iter().map(|v| v.to_bits()).ne(tables::DYNAMIC_MAP_BITS)) {
-                return Err("only the built-in dynamic map can encode".into());
+                return Err(SpanError::CustomCodeTable);
             }
             let b = block_size(*b)?;
             let search = Searcher::dynamic();
@@ -184,7 +250,7 @@ pub fn encode_span(encoding: &Encoding, dtype: Dtype, src: &[u8]) -> Result<Vec<
 /// NaN — so a span holding NaN or ±inf is refused here, naming the first
 /// offending element and the count in its group; the plain fp4/nf4 encodings
 /// keep bitsandbytes' behaviour, confined to the block.
-fn encode_nested(kind: Kind, b: usize, dtype: Dtype, src: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+fn encode_nested(kind: Kind, b: usize, dtype: Dtype, src: &[u8], out: &mut Vec<u8>) -> Result<(), SpanError> {
     let width = dtype.bits() as usize / 8;
     let group = b * NESTED_GROUP_BLOCKS as usize;
     let mut x = vec![0f32; b];
@@ -196,13 +262,12 @@ fn encode_nested(kind: Kind, b: usize, dtype: Dtype, src: &[u8], out: &mut Vec<u
         let bad = vals.iter().filter(|v| !v.is_finite()).count();
         if bad > 0 {
             let first = gi * group + vals.iter().position(|v| !v.is_finite()).unwrap_or(0);
-            return Err(format!(
-                "{bad} non-finite value(s) (NaN or ±inf) in the group of {} values from element {}, the first at \
-                 element {first}: nested 4-bit cannot carry them without corrupting the whole group; \
-                 use fp4 or nf4 (bitsandbytes' behaviour, confined to the block)",
-                vals.len(),
-                gi * group
-            ));
+            return Err(SpanError::NonFiniteInNestedGroup {
+                count: bad,
+                group_len: vals.len(),
+                group_start: gi * group,
+                first,
+            });
         }
         let blocks = (g.len() / width).div_ceil(b);
         let at = out.len();
@@ -237,14 +302,16 @@ fn encode_nested(kind: Kind, b: usize, dtype: Dtype, src: &[u8], out: &mut Vec<u
 ///
 /// # Errors
 ///
-/// A message when the bytes do not hold exactly `numel` encoded values.
+/// [`SpanError::WrongLength`] when the bytes do not hold exactly `numel`
+/// encoded values; [`SpanError::SizeOverflow`], [`SpanError::BlockSize`],
+/// [`SpanError::NotQuantizable`].
 pub fn decode_span(
     encoding: &Encoding,
     dtype: Dtype,
     wire: &[u8],
     numel: usize,
     out: &mut Vec<u8>,
-) -> Result<(), String> {
+) -> Result<(), SpanError> {
     decode_span_with(encoding, dtype, wire, numel, out, Subnormals::Flush)
 }
 
@@ -260,26 +327,22 @@ pub fn decode_span_with(
     numel: usize,
     out: &mut Vec<u8>,
     subnormals: Subnormals,
-) -> Result<(), String> {
+) -> Result<(), SpanError> {
     let flush = |v: &mut [f32]| {
         if subnormals == Subnormals::Flush {
             v.iter_mut().for_each(|x| *x = ftz(*x));
         }
     };
-    let expected = encoding.encoded_len(numel as u64, dtype).ok_or("span size overflows")?;
+    let expected = encoding.encoded_len(numel as u64, dtype).ok_or(SpanError::SizeOverflow)?;
     // SPEC.md §5.5: a span's bytes are exactly its records.
     if wire.len() as u64 != expected {
-        return Err(format!(
-            "{} bytes cannot hold {numel} {} values ({expected} expected)",
-            wire.len(),
-            encoding.scheme()
-        ));
+        return Err(SpanError::WrongLength { len: wire.len(), numel, scheme: encoding.scheme(), expected });
     }
     if *encoding == Encoding::Raw {
         out.extend_from_slice(wire);
         return Ok(());
     }
-    element_bytes(dtype).ok_or_else(|| format!("{dtype} cannot be quantized"))?;
+    element_bytes(dtype).ok_or(SpanError::NotQuantizable(dtype))?;
     out.reserve(numel * dtype.bits() as usize / 8);
     let f32_at = |b: &[u8], i: usize| f32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
     match encoding {
@@ -368,7 +431,49 @@ mod tests {
         v[701] = f32::NAN;
         let enc = Encoding::Nf4 { block_size: 64, nested: true };
         let e = encode_span(&enc, Dtype::F32, &f32_bytes(&v)).expect_err("refused");
-        assert!(e.contains("2 non-finite value(s)") && e.contains("first at element 700"), "{e}");
+        assert_eq!(e, SpanError::NonFiniteInNestedGroup { count: 2, group_len: 1000, group_start: 0, first: 700 });
+        assert!(e.to_string().contains("2 non-finite value(s)"), "{e}");
+    }
+
+    #[test]
+    fn encode_rejects_partial_values() {
+        let e = encode_span(&Encoding::Fp16, Dtype::F32, &[0; 6]);
+        assert_eq!(e, Err(SpanError::PartialValues { len: 6, dtype: Dtype::F32 }));
+    }
+
+    #[test]
+    fn encode_rejects_a_dtype_that_is_not_quantizable() {
+        let e = encode_span(&Encoding::Nf4 { block_size: 64, nested: false }, Dtype::I32, &[0; 8]);
+        assert_eq!(e, Err(SpanError::NotQuantizable(Dtype::I32)));
+    }
+
+    #[test]
+    fn encode_rejects_a_bad_block_size() {
+        let e = encode_span(&Encoding::Fp4 { block_size: 100, nested: false }, Dtype::F32, &[0; 8]);
+        assert_eq!(e, Err(SpanError::BlockSize(100)));
+    }
+
+    #[test]
+    fn encode_rejects_a_custom_code_table() {
+        let enc = Encoding::Blockwise8 { block_size: 64, code: Some(vec![0.5; 256]) };
+        assert_eq!(encode_span(&enc, Dtype::F32, &[0; 8]), Err(SpanError::CustomCodeTable));
+    }
+
+    #[test]
+    fn decode_rejects_a_span_of_the_wrong_length() {
+        let enc = Encoding::Nf4 { block_size: 64, nested: false };
+        let mut out = Vec::new();
+        // 64 values take 4 bytes of absmax and 32 of codes.
+        let e = decode_span(&enc, Dtype::F32, &[0; 35], 64, &mut out);
+        assert_eq!(e, Err(SpanError::WrongLength { len: 35, numel: 64, scheme: "nf4", expected: 36 }));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn span_errors_become_tensor_errors() {
+        let e = SpanError::BlockSize(100).in_tensor("w");
+        assert!(matches!(&e, crate::Error::Tensor { name, .. } if name == "w"), "{e}");
+        assert_eq!(e.to_string(), "tensor \"w\": block_size 100 is not a power of two in 64..=4096");
     }
 
     /// The plain 4-bit schemes keep bitsandbytes' behaviour: the inf's block

@@ -105,7 +105,8 @@ pub(crate) fn encode_range(
     if first > last {
         return Err(bad(format!("wire range {range:?} is past the end")));
     }
-    let wire = encode_span(encoding, meta.dtype, &raw(first * width..last * width)).map_err(bad)?;
+    let wire =
+        encode_span(encoding, meta.dtype, &raw(first * width..last * width)).map_err(|e| e.in_tensor(&meta.name))?;
     if wire.len() != range.len() {
         return Err(bad(format!("wire range {range:?} is not a whole number of records")));
     }
@@ -143,7 +144,7 @@ pub(crate) fn decode_chunk_into(
     let first = offset / record * per_record;
     let last = ((offset + wire.len() as u64).div_ceil(record) * per_record).min(numel);
     let count = usize::try_from(last.saturating_sub(first)).map_err(|_| bad("chunk too large".into()))?;
-    super::decode_span_with(encoding, meta.dtype, wire, count, out, subnormals).map_err(bad)?;
+    super::decode_span_with(encoding, meta.dtype, wire, count, out, subnormals).map_err(|e| e.in_tensor(&meta.name))?;
     Ok(first * width)
 }
 
