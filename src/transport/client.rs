@@ -540,22 +540,7 @@ impl Client {
         opts: &TransferOptions,
     ) -> Result<ObjectRetriever<FrameStream>, Error> {
         let rx = self.get_request(&self.container_request(name, items, opts)).await?;
-        let frames = rx.into_stream();
-        let Some(progress) = opts.progress.clone() else {
-            return Ok(ObjectRetriever::new(frames));
-        };
-        // Progress counts item data on the wire (quantized bytes when the
-        // server quantizes), out of the object header's total.
-        let (mut done, mut total) = (0u64, None);
-        let frames = frames.inspect(move |f| match f {
-            Ok(Frame::ObjectHeader(h)) => total = h.total_len,
-            Ok(Frame::Chunk(c)) => {
-                done += c.data.len() as u64;
-                progress(Progress { done, total });
-            }
-            _ => {}
-        });
-        Ok(ObjectRetriever::new(Box::pin(frames)))
+        Ok(ObjectRetriever::new(rx.into_stream()).with_progress(opts.progress.clone()))
     }
 
     fn container_request(&self, name: &str, items: Option<&[String]>, opts: &TransferOptions) -> ObjectRequest {
@@ -660,8 +645,8 @@ impl Resumable for FileReceive {
         FileReceive::restart(self);
     }
 
-    async fn take(&mut self, mut rx: FrameReceiver, progress: Option<&ProgressFn>) -> Result<Self::Output, Error> {
-        FileReceive::take(self, &mut rx, progress).await
+    async fn take(&mut self, rx: FrameReceiver, progress: Option<&ProgressFn>) -> Result<Self::Output, Error> {
+        FileReceive::take(self, rx, progress).await
     }
 }
 
@@ -682,20 +667,8 @@ impl Resumable for ContainerFile {
     }
 
     async fn take(&mut self, rx: FrameReceiver, progress: Option<&ProgressFn>) -> Result<u64, Error> {
-        let Some(progress) = progress.cloned() else {
-            return ContainerFile::take(self, &mut rx.into_stream()).await;
-        };
-        // Progress counts item data on the wire, as for `retrieve`.
-        let (mut done, mut total) = (0u64, None);
-        let mut frames = rx.into_stream().inspect(move |f| match f {
-            Ok(Frame::ObjectHeader(h)) => total = h.total_len,
-            Ok(Frame::Chunk(c)) => {
-                done += c.data.len() as u64;
-                progress(Progress { done, total });
-            }
-            _ => {}
-        });
-        ContainerFile::take(self, &mut frames).await
+        self.set_progress(progress.cloned());
+        ContainerFile::take(self, &mut rx.into_stream()).await
     }
 }
 

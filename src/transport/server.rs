@@ -1204,7 +1204,7 @@ async fn put(
             let slot = files.try_acquire_owned().map_err(|_| Error::AtCapacity("files open for transfers"))?;
             Ok(registry.create_upload(&upload)?.holding(slot))
         };
-        receive_into(&mut rx, open, safetensors, None).await.map(Some)
+        receive_into(rx, open, safetensors, None).await.map(Some)
     };
     let wire = received.load(Ordering::Relaxed);
     shared.metrics.bytes_received.inc_by(wire);
