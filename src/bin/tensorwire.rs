@@ -817,7 +817,7 @@ async fn get(
     // A killed `get` run again resumes from the ledger beside FILE.part.
     opts.ledger = true;
     let mut resumed = 0;
-    if let (Output::File(path), GetMode::File) = (&output, mode) {
+    if let Output::File(path) = &output {
         if let Some(l) = tensorwire::recv::PartLedger::load(path) {
             resumed = l.chunks.iter().map(|c| c.2).sum();
             tracing::info!(file = %path.display(), verified_bytes = resumed, "resuming a transfer an earlier run left");

@@ -98,6 +98,9 @@ struct Ledger {
     chunks: BTreeMap<u64, (u64, u32)>,
     /// The item's CRC once verified.
     verified: Option<u32>,
+    /// Restored from a record that knew only the name and length: the
+    /// sender's header, when it comes, replaces it.
+    restored: bool,
 }
 
 impl Ledger {
@@ -197,6 +200,9 @@ impl Assembler {
             self.item_header(h)?;
         }
         self.events.clear();
+        for l in &mut self.items {
+            l.restored = true;
+        }
         for &(item, offset, len, crc) in chunks {
             let ledger = self.items.get_mut(item as usize).ok_or(DecodeError::ChunkWithoutItem { item, open: None })?;
             let item_len = ledger.header.len;
@@ -237,7 +243,15 @@ impl Assembler {
 
     fn item_header(&mut self, h: ItemHeader) -> Result<(), DecodeError> {
         let index = h.item as usize;
-        if let Some(known) = self.items.get(index) {
+        if let Some(known) = self.items.get_mut(index) {
+            // SPEC.md §8.4: an item restored from a record (name and length)
+            // gets its full header from the first stream that announces it.
+            if known.restored && known.header.name == h.name && known.header.len == h.len {
+                known.restored = false;
+                known.header = h.clone();
+                self.events.push_back(Event::Item { header: h, position: known.position });
+                return Ok(());
+            }
             // Another stream (a resume) announces the same item: it must agree.
             if known.header != h {
                 return Err(DecodeError::InconsistentItem {
@@ -256,7 +270,14 @@ impl Assembler {
         let position = self.next_position;
         self.next_position = self.next_position.saturating_add(h.len);
         self.events.push_back(Event::Item { header: h.clone(), position });
-        self.items.push(Ledger { header: h, position, have: RangeSet::new(), chunks: BTreeMap::new(), verified: None });
+        self.items.push(Ledger {
+            header: h,
+            position,
+            have: RangeSet::new(),
+            chunks: BTreeMap::new(),
+            verified: None,
+            restored: false,
+        });
         Ok(())
     }
 
@@ -515,6 +536,31 @@ mod tests {
         asm.handle_frame(end(8, b"abcdefgh"))?;
         assert!(asm.is_verified(0));
         assert_eq!(asm.chunks().len(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn restored_item_takes_the_senders_header_and_is_announced() -> Result<(), DecodeError> {
+        use crate::wire::Dtype;
+        let mut asm = Assembler::new();
+        asm.restore(vec![ItemHeader::bytes(0, "w", 8)], &[(0, 0, 4, crc32fast::hash(b"abcd"))])?;
+        let real = ItemHeader::tensor(0, "w", Dtype::U8, vec![8]);
+        asm.handle_frame(Frame::ItemHeader(real.clone()))?;
+        assert_eq!(asm.poll_event(), Some(Event::Item { header: real.clone(), position: 0 }));
+        // From then on it is known by its full header.
+        asm.handle_frame(Frame::ItemHeader(real))?;
+        assert!(asm.poll_event().is_none());
+        let other = ItemHeader::tensor(0, "w", Dtype::I8, vec![8]);
+        assert!(matches!(asm.handle_frame(Frame::ItemHeader(other)), Err(DecodeError::InconsistentItem { .. })));
+        Ok(())
+    }
+
+    #[test]
+    fn restored_item_of_another_length_is_inconsistent() -> Result<(), DecodeError> {
+        let mut asm = Assembler::new();
+        asm.restore(vec![ItemHeader::bytes(0, "w", 8)], &[(0, 0, 4, 0)])?;
+        let r = asm.handle_frame(Frame::ItemHeader(ItemHeader::bytes(0, "w", 9)));
+        assert!(matches!(r, Err(DecodeError::InconsistentItem { .. })), "{r:?}");
         Ok(())
     }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use futures::stream::Stream;
 
-use super::{FileSink, ProgressFn, Receive, Sink};
+use super::{part_path, FileSink, PartLedger, ProgressFn, Receive, Sink};
 use crate::quant::{decode_chunk_into, Subnormals};
 use crate::tensor::{to_safetensors, TensorMeta};
 use crate::wire::{Encoding, Frame, IndexEntry, ItemHeader, Mode, ObjectEnd, ObjectHeader};
@@ -51,6 +51,31 @@ impl ContainerFile {
         ContainerFile { recv: Receive::new(SafetensorsWriter::new(dest)) }
     }
 
+    /// Like [`ContainerFile::new`], with a crash-safe ledger beside
+    /// `<dest>.part` (the same one as a file-mode pull, [`PartLedger`]): a
+    /// process killed mid-transfer and run again with the same `request`
+    /// continues the `.part` file from the chunks the ledger lists; a ledger
+    /// written for another request, or an object header that changed since
+    /// (another source version), starts over. Blocking (reads the ledger).
+    pub fn create_resumable(dest: impl AsRef<Path>, request: String) -> Self {
+        let dest = dest.as_ref().to_path_buf();
+        let parts = [part_path(&dest), part_path(&side_path(&dest))];
+        let (ledger, found) = PartLedger::continue_or_start(&dest, request, &parts);
+        // A ledger describes this tool's `.part` only: when another
+        // program's file holds the name, the writer goes elsewhere and no
+        // ledger is kept.
+        if !found && parts.iter().any(|p| p.symlink_metadata().is_ok()) {
+            return ContainerFile::new(dest);
+        }
+        let mut recv = Receive::new(SafetensorsWriter::new(&dest)).with_ledger(dest, ledger);
+        let resuming = recv.is_resuming();
+        if let Some(w) = recv.sink_mut() {
+            w.resume = resuming;
+            w.ledgered = true;
+        }
+        ContainerFile { recv }
+    }
+
     /// How quantized tensors restore f32-subnormal products (SPEC.md
     /// §5.5.2a); flushed to zero, as a CUDA peer does, by default.
     pub fn with_subnormals(mut self, subnormals: Subnormals) -> Self {
@@ -85,6 +110,7 @@ impl ContainerFile {
         if let Some(s) = self.recv.sink_mut() {
             s.layout = None;
             s.items.clear();
+            s.resume = false;
         }
     }
 
@@ -116,6 +142,11 @@ pub struct SafetensorsWriter {
     layout: Option<Layout>,
     items: Vec<Place>,
     subnormals: Subnormals,
+    /// Continue the `.part` file a ledger vouches for, instead of a new one.
+    resume: bool,
+    /// A ledger describes `<dest>.part`: a fresh start (a changed source)
+    /// must write there again, not beside the stale file.
+    ledgered: bool,
 }
 
 #[derive(Debug)]
@@ -148,6 +179,8 @@ impl SafetensorsWriter {
             layout: None,
             items: Vec::new(),
             subnormals: Subnormals::default(),
+            resume: false,
+            ledgered: false,
         }
     }
 
@@ -183,7 +216,16 @@ impl Sink for SafetensorsWriter {
         // laid out back to back in a side file.
         let fixed = h.index.as_ref().map(|index| safetensors_header(index, &metadata)).transpose()?;
         let target = if fixed.is_some() { self.dest.clone() } else { side_path(&self.dest) };
-        let sink = FileSink::create(target)?;
+        let sink = match std::mem::take(&mut self.resume) {
+            true => FileSink::open_existing(target)?,
+            false => {
+                if self.ledgered {
+                    // Ours (the ledger vouched for it), and no longer trusted.
+                    let _ = std::fs::remove_file(part_path(&target));
+                }
+                FileSink::create(target)?
+            }
+        };
         let (head, offsets) = fixed.map_or((None, None), |(h, o)| (Some(h), Some(o)));
         let base = head.as_ref().map_or(0, |h| h.len() as u64);
         if let Some(head) = &head {

@@ -20,7 +20,7 @@ mod sink;
 
 pub use assembler::{Assembler, Event};
 pub use container_file::{ContainerFile, SafetensorsWriter};
-pub use file::{remove_stale_uploads, validate_safetensors, FileSink, UPLOAD_PREFIX};
+pub use file::{part_path, remove_stale_uploads, validate_safetensors, FileSink, UPLOAD_PREFIX};
 pub use file_writer::FileWriter;
 pub use ledger::{PartLedger, SourceId};
 pub use ranges::RangeSet;

@@ -233,6 +233,7 @@ impl<S: Sink> Receive<S> {
         if asm.restore(headers.collect(), &record.chunks).is_err() || asm.received() == 0 {
             // Damaged or empty: trust nothing of it.
             asm = Assembler::new();
+            record.source.header = None;
             record.source.items.clear();
             record.chunks.clear();
         }
@@ -276,9 +277,16 @@ impl<S: Sink> Receive<S> {
         self.end = None;
         self.progress = None;
         if let Some(l) = &mut self.ledger {
+            l.record.source.header = None;
             l.record.source.items.clear();
             l.record.chunks.clear();
         }
+    }
+
+    /// Whether the ledger given to [`Receive::with_ledger`] vouched for
+    /// data that is still trusted (the sink continues its files).
+    pub fn is_resuming(&self) -> bool {
+        self.ledger.is_some() && self.asm.received() > 0
     }
 
     /// Whether the object was committed.
@@ -396,10 +404,9 @@ impl<S: Sink> Receive<S> {
             }
         }
         let first = matches!(frame, Frame::ObjectHeader(_)) && self.header.is_none();
-        if let Frame::ObjectHeader(h) = &frame {
-            if first {
-                self.header = Some(h.clone());
-            }
+        if let (Frame::ObjectHeader(h), true) = (&frame, first) {
+            self.check_source(h)?;
+            self.header = Some(h.clone());
         }
         self.asm.handle_frame(frame)?;
         let mut events = Vec::new();
@@ -416,7 +423,10 @@ impl<S: Sink> Receive<S> {
                 Event::Done(end) => self.end = Some(end),
                 Event::Item { header, position } => {
                     if let Some(l) = &mut self.ledger {
-                        l.record.source.items.push((header.name.clone(), header.len));
+                        // Restored items are announced again, not recorded twice.
+                        if header.item as usize >= l.record.source.items.len() {
+                            l.record.source.items.push((header.name.clone(), header.len));
+                        }
                     }
                     events.push(Event::Item { header, position });
                 }
@@ -432,6 +442,25 @@ impl<S: Sink> Receive<S> {
             }
         }
         Ok((events, placed))
+    }
+
+    /// SPEC.md §8.4: a transfer resumed from a ledger continues only the
+    /// object the ledger was written for; the header's CRC is recorded for
+    /// the next run.
+    fn check_source(&mut self, h: &ObjectHeader) -> Result<(), Error> {
+        let Some(l) = &mut self.ledger else { return Ok(()) };
+        let mut buf = bytes::BytesMut::new();
+        Frame::ObjectHeader(h.clone()).encode(&mut buf);
+        let crc = crc32fast::hash(&buf);
+        if l.record.source.header.is_some_and(|c| c != crc) {
+            return Err(DecodeError::InconsistentItem {
+                item: 0,
+                reason: "the object header changed since the ledger was written".into(),
+            }
+            .into());
+        }
+        l.record.source.header = Some(crc);
+        Ok(())
     }
 
     /// Reports progress after a frame that `placed` bytes.

@@ -12,7 +12,7 @@ use h2::{RecvStream, SendStream};
 use super::flow::Meter;
 use super::request::Resume;
 use super::Config;
-use crate::recv::{FileSink, FileWriter, PartLedger, Receive, SourceId};
+use crate::recv::{part_path, FileSink, FileWriter, PartLedger, Receive};
 use crate::wire::{preamble, Budget, EncodedFrame, Frame, FrameDecoder, ObjectEnd, HEADER_LEN};
 use crate::Error;
 
@@ -469,23 +469,9 @@ impl FileReceive {
     pub(crate) async fn create_resumable(dest: &Path, request: String) -> Result<Self, Error> {
         let d = dest.to_path_buf();
         let found = tokio::task::spawn_blocking(move || {
-            let loaded = PartLedger::load(&d);
-            // A ledger proves the `.part` beside it is this tool's.
-            let ours = loaded.is_some();
-            let found = loaded.filter(|l| l.source.request == request);
-            let sink = match &found {
-                Some(_) => FileSink::open_existing(&d)?,
-                None => {
-                    PartLedger::remove(&d);
-                    if ours {
-                        let mut part = d.clone().into_os_string();
-                        part.push(".part");
-                        let _ = std::fs::remove_file(part);
-                    }
-                    FileSink::create(&d)?
-                }
-            };
-            let ledger = found.unwrap_or_else(|| PartLedger::new(SourceId { request, items: Vec::new() }));
+            let part = part_path(&d);
+            let (ledger, found) = PartLedger::continue_or_start(&d, request, std::slice::from_ref(&part));
+            let sink = if found { FileSink::open_existing(&d)? } else { FileSink::create(&d)? };
             Ok::<_, Error>((sink, ledger))
         })
         .await
@@ -493,9 +479,7 @@ impl FileReceive {
         let (sink, ledger) = found;
         // A ledger describes `<dest>.part` only: when another program's file
         // holds that name, the sink writes elsewhere and keeps no ledger.
-        let mut expected = dest.as_os_str().to_os_string();
-        expected.push(".part");
-        let keep_ledger = sink.part_path() == Path::new(&expected);
+        let keep_ledger = sink.part_path() == part_path(dest);
         let mut recv = Receive::new(FileWriter::new(sink));
         if keep_ledger {
             recv = recv.with_ledger(dest.to_path_buf(), ledger);

@@ -86,9 +86,10 @@ pub struct TransferOptions {
     /// Asks the server to quantize float tensors (container pulls only);
     /// the retriever restores them to their original dtype.
     pub quantize: Option<crate::wire::Scheme>,
-    /// File pulls ([`Client::get_file_with`]): keep a crash-safe ledger of
-    /// verified ranges beside `FILE.part` (synced every 200 ms), so that a
-    /// process killed mid-transfer resumes when it pulls the same object
+    /// File pulls ([`Client::get_file_with`]) and container pulls into a
+    /// file ([`Client::get_container_file_with`]): keep a crash-safe ledger
+    /// of verified ranges beside `FILE.part` (synced every 200 ms), so that
+    /// a process killed mid-transfer resumes when it pulls the same object
     /// from the same server into the same file again.
     pub ledger: bool,
 }
@@ -310,8 +311,7 @@ impl Client {
             let mut req = ObjectRequest::new(name);
             req.chunk_size = opts.chunk_size;
             let mut file = if opts.ledger {
-                let key = format!("GET {}://{}{}?{}", self.scheme(), self.authority, object_path(name), req.to_query());
-                FileReceive::create_resumable(dest, key).await?
+                FileReceive::create_resumable(dest, self.ledger_key(name, &req)).await?
             } else {
                 FileReceive::create(dest).await?
             };
@@ -355,8 +355,21 @@ impl Client {
         opts: &TransferOptions,
         subnormals: crate::wire::Subnormals,
     ) -> Result<u64, Error> {
-        let mut file = ContainerFile::new(dest).with_subnormals(subnormals);
-        cancellable(opts, self.pull(self.container_request(name, items, opts), &mut file, opts)).await
+        let req = self.container_request(name, items, opts);
+        let file = if opts.ledger {
+            let key = self.ledger_key(name, &req);
+            let dest = dest.as_ref().to_path_buf();
+            tokio::task::spawn_blocking(move || ContainerFile::create_resumable(dest, key)).await.map_err(join)?
+        } else {
+            ContainerFile::new(dest)
+        };
+        let mut file = file.with_subnormals(subnormals);
+        cancellable(opts, self.pull(req, &mut file, opts)).await
+    }
+
+    /// What a ledger records as the request it was written for.
+    fn ledger_key(&self, name: &str, req: &ObjectRequest) -> String {
+        format!("GET {}://{}{}?{}", self.scheme(), self.authority, object_path(name), req.to_query())
     }
 
     /// Runs a pull to completion: on a failure worth retrying, waits, gets a
