@@ -92,6 +92,11 @@ impl ContainerFile {
         self
     }
 
+    /// As [`Receive::tolerating_damaged_chunks`].
+    pub fn tolerating_damaged_chunks(&mut self, max: u32) {
+        self.recv.tolerating_damaged_chunks(max);
+    }
+
     /// As [`ContainerFile::with_progress`], from now on.
     pub fn set_progress(&mut self, progress: Option<ProgressFn>) {
         self.recv.set_progress(progress);

@@ -25,4 +25,4 @@ pub use file_writer::FileWriter;
 pub use ledger::{PartLedger, SourceId};
 pub use ranges::RangeSet;
 pub use retriever::ObjectRetriever;
-pub use sink::{Progress, ProgressFn, Receive, Sink};
+pub use sink::{Progress, ProgressFn, Receive, Sink, MAX_DAMAGED_CHUNKS};

@@ -150,6 +150,11 @@ pub struct Progress {
 /// A progress callback.
 pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
 
+/// Damaged chunks one stream of a pull may skip, to be fetched again on
+/// their own ([`Receive::tolerating_damaged_chunks`]); past that, the
+/// stream fails at the next one.
+pub const MAX_DAMAGED_CHUNKS: u32 = 16;
+
 /// How often a ledger is saved while data arrives.
 const LEDGER_EVERY: Duration = Duration::from_millis(200);
 
@@ -173,6 +178,8 @@ pub struct Receive<S: Sink> {
     on_progress: Option<ProgressFn>,
     ledger: Option<Ledger>,
     committed: bool,
+    /// Damaged chunks a stream may skip ([`Receive::tolerating_damaged_chunks`]).
+    damage_allowed: u32,
 }
 
 impl<S: Sink> std::fmt::Debug for Receive<S> {
@@ -206,7 +213,19 @@ impl<S: Sink> Receive<S> {
             on_progress: None,
             ledger: None,
             committed: false,
+            damage_allowed: 0,
         }
+    }
+
+    /// Lets each stream skip up to `max` damaged chunks: the frame source's
+    /// [`DecodeError::PayloadChecksum`] items, each followed by the rest of
+    /// the object (a decoder built with
+    /// [`FrameDecoder::skipping_damaged_chunks`](crate::wire::FrameDecoder::skipping_damaged_chunks)).
+    /// The stream then ends with that error at the object end, and
+    /// [`Receive::missing`] lists just those chunks' ranges (SPEC.md §3.2
+    /// rule 3, §8.4): a retry fetches only them.
+    pub fn tolerating_damaged_chunks(&mut self, max: u32) {
+        self.damage_allowed = max;
     }
 
     /// Calls `progress` after each frame that placed bytes.
@@ -337,8 +356,20 @@ impl<S: Sink> Receive<S> {
         S: Send + 'static,
         S::Output: Send + 'static,
     {
+        let mut damage_left = self.damage_allowed;
         while let Some(frame) = frames.next().await {
-            let (events, placed) = self.assemble(frame?)?;
+            let frame = match frame {
+                Ok(f) => f,
+                // SPEC.md §3.2 rule 3: the chunk's (item, offset) can be
+                // trusted; it is asked for again, the stream goes on.
+                Err(Error::Decode(d @ DecodeError::PayloadChecksum { .. })) if damage_left > 0 => {
+                    damage_left -= 1;
+                    self.asm.handle_damaged(d);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let (events, placed) = self.assemble(frame)?;
             let save = self.due_ledger();
             if S::BLOCKING {
                 self.on_pool(move |sink| {

@@ -12,7 +12,7 @@ use h2::{RecvStream, SendStream};
 use super::flow::Meter;
 use super::request::Resume;
 use super::Config;
-use crate::recv::{part_path, FileSink, FileWriter, PartLedger, Receive};
+use crate::recv::{part_path, FileSink, FileWriter, PartLedger, Receive, MAX_DAMAGED_CHUNKS};
 use crate::wire::{preamble, Budget, EncodedFrame, Frame, FrameDecoder, ObjectEnd, HEADER_LEN};
 use crate::Error;
 
@@ -235,6 +235,15 @@ impl FrameReceiver {
 
     /// Accepts chunks that skip ranges: the answer to a resume request
     /// (SPEC.md §7.2 rule 5, §8.4). Call before the first frame.
+    /// Allows gaps, and skips up to [`MAX_DAMAGED_CHUNKS`] damaged chunks
+    /// (each reported as its error, the frames going on after it) so that
+    /// a receiver can ask for just those again (SPEC.md §3.2, §8.4).
+    pub(crate) fn skipping_damaged_chunks(mut self, limits: crate::wire::Limits) -> Self {
+        let seq = crate::wire::Sequencer::new(limits).allowing_gaps();
+        self.dec = FrameDecoder::with_sequencer(limits, seq).skipping_damaged_chunks(MAX_DAMAGED_CHUNKS);
+        self
+    }
+
     pub(crate) fn allowing_gaps(mut self, limits: crate::wire::Limits) -> Self {
         self.dec = FrameDecoder::with_sequencer(limits, crate::wire::Sequencer::new(limits).allowing_gaps());
         self
@@ -507,6 +516,7 @@ impl FileReceive {
     /// object is complete.
     pub(crate) async fn take(&mut self, rx: FrameReceiver, progress: Option<&ProgressFn>) -> Result<Received, Error> {
         self.recv.set_progress(progress.cloned());
+        self.recv.tolerating_damaged_chunks(MAX_DAMAGED_CHUNKS);
         self.recv.take(&mut rx.into_stream()).await.map(Received::from)
     }
 }

@@ -386,7 +386,8 @@ impl Client {
             let conn = self.current();
             req.resume = recv.resume();
             let result = match self.request_object(&conn, &req).await {
-                Ok(rx) => recv.take(rx, opts.progress.as_ref()).await,
+                // A damaged chunk is skipped and asked for again on its own.
+                Ok(rx) => recv.take(rx.skipping_damaged_chunks(self.config.limits), opts.progress.as_ref()).await,
                 Err(e) => Err(e),
             };
             let e = match result {
@@ -681,6 +682,7 @@ impl Resumable for ContainerFile {
 
     async fn take(&mut self, rx: FrameReceiver, progress: Option<&ProgressFn>) -> Result<u64, Error> {
         self.set_progress(progress.cloned());
+        self.tolerating_damaged_chunks(crate::recv::MAX_DAMAGED_CHUNKS);
         ContainerFile::take(self, &mut rx.into_stream()).await
     }
 }
