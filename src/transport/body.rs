@@ -437,22 +437,6 @@ impl From<ObjectEnd> for Received {
     }
 }
 
-/// Receives an object from `rx` into the sink `open` returns, called (on the
-/// blocking pool) when the first data arrive or at the object end, and
-/// committed when the object end is verified: a server opens an upload's
-/// file only for a push that has sent a verified chunk. `safetensors`: the
-/// destination is a safetensors file whatever the object says.
-pub(crate) async fn receive_into(
-    rx: FrameReceiver,
-    open: impl FnOnce() -> Result<FileSink, Error> + Send + 'static,
-    safetensors: bool,
-    progress: Option<&ProgressFn>,
-) -> Result<Received, Error> {
-    let writer = FileWriter::opening(open).safetensors(safetensors);
-    let mut recv = Receive::new(writer).with_progress(progress.cloned());
-    recv.take(&mut rx.into_stream()).await.map(Received::from)
-}
-
 /// One object arriving into a file, over one or more streams: the `.part`
 /// file and the assembler's ledger of verified ranges outlive a failed
 /// stream, so the next one asks only for what is missing (SPEC.md §8.4).

@@ -481,8 +481,11 @@ impl Client {
 
     /// Pushes the file at `path` as object `name` (SPEC.md §8.3); returns
     /// once the server has verified and stored it. A push that fails on a
-    /// lost connection is sent again from the start, up to
-    /// [`Config::retries`] times.
+    /// lost connection is tried again, up to [`Config::retries`] times:
+    /// every attempt names the same upload id (`tensorwire-upload`), and
+    /// where the server kept what an earlier attempt sent
+    /// ([`Config::upload_keep`]), only the chunks it lacks are sent again
+    /// (SPEC.md §8.4, push resume).
     ///
     /// # Errors
     ///
@@ -505,26 +508,52 @@ impl Client {
         opts: &TransferOptions,
     ) -> Result<Transfer, Error> {
         let path = path.as_ref().to_path_buf();
+        // SPEC.md §8.4, push resume: one id for every attempt of this push.
+        let upload = upload_id();
         let mut attempt = 0u32;
+        let mut needs: Option<Resume> = None;
         loop {
             let conn = self.current();
             let p = path.clone();
             let streamer = tokio::task::spawn_blocking(move || FileStreamer::open(p)).await.map_err(join)??;
             let streamer = streamer.with_name(name).with_chunk_size(self.config.chunk_size as usize);
             let total = streamer.len();
-            let e = match self.push(name, futures::stream::iter(streamer.frames()), Some(total), opts).await {
+            // What the server holds verified is left out (SPEC.md §8.4).
+            let frames = futures::stream::iter(streamer.frames()).filter(move |f| {
+                let keep = match (f, &needs) {
+                    (Ok(Frame::Chunk(c)), Some(r)) => r.wants(c.item, c.offset..c.offset + c.data.len() as u64),
+                    _ => true,
+                };
+                std::future::ready(keep)
+            });
+            let e = match self.push(name, frames, Some(total), opts, Some(&upload)).await {
                 Ok(t) => return Ok(t),
-                // A push starts over: the server keeps no partial upload.
                 Err(e) if attempt < self.config.retries && e.is_retryable() => e,
                 Err(e) => return Err(e),
             };
             attempt += 1;
-            tracing::info!(object = %name, attempt, error = %e, "push failed; sending it again from the start");
             self.backoff(attempt).await;
             if needs_new_connection(&e) {
                 self.reconnect(&conn).await?;
             }
+            needs = self.kept_upload(name, &upload).await;
+            let resuming = needs.is_some();
+            tracing::info!(object = %name, attempt, resuming, error = %e, "push failed; sending what the server lacks");
         }
+    }
+
+    /// What the server still needs of upload `id` (SPEC.md §8.4, push
+    /// resume); `None`: it keeps none, send everything.
+    async fn kept_upload(&self, name: &str, id: &str) -> Option<Resume> {
+        let mut req = self.request(Method::HEAD, &object_path(name)).ok()?;
+        req.headers_mut().insert(super::uploads::UPLOAD_HEADER, http::HeaderValue::from_str(id).ok()?);
+        let mut send = self.current().send.clone().ready().await.ok()?;
+        let (response, _) = send.send_request(req, true).ok()?;
+        let response = tokio::time::timeout(self.config.idle_timeout, response).await.ok()?.ok()?;
+        if response.status() != StatusCode::OK {
+            return None;
+        }
+        Resume::parse(response.headers().get(RESUME_HEADER)?.to_str().ok()?).ok()
     }
 
     /// Pushes a container (SPEC.md §8.3): its tensors go out one at a time as
@@ -537,7 +566,7 @@ impl Client {
     pub async fn put_container(&self, streamer: ContainerStreamer, opts: &TransferOptions) -> Result<Transfer, Error> {
         let header = streamer.object_header();
         let streamer = streamer.with_chunk_size(self.config.chunk_size as usize);
-        self.push(&header.name, streamer.frames(), header.total_len, opts).await
+        self.push(&header.name, streamer.frames(), header.total_len, opts, None).await
     }
 
     /// Pulls a container object as a `Stream` of tensors, each yielded once
@@ -572,10 +601,15 @@ impl Client {
         frames: impl futures::Stream<Item = Result<Frame, Error>> + Send,
         total: Option<u64>,
         opts: &TransferOptions,
+        upload: Option<&str>,
     ) -> Result<Transfer, Error> {
         cancellable(opts, async {
             let mut req = self.request(Method::PUT, &object_path(name))?;
             req.headers_mut().insert("content-type", http::HeaderValue::from_static(CONTENT_TYPE));
+            if let Some(id) = upload {
+                let id = http::HeaderValue::from_str(id).map_err(|_| Error::Protocol("upload id"))?;
+                req.headers_mut().insert(super::uploads::UPLOAD_HEADER, id);
+            }
             let mut send = self.current().send.clone().ready().await.map_err(not_h2)?;
             let (response, stream) = send.send_request(req, false)?;
             let mut tx = FrameSender::new(stream, &self.config);
@@ -685,6 +719,26 @@ impl Resumable for ContainerFile {
         self.tolerating_damaged_chunks(crate::recv::MAX_DAMAGED_CHUNKS);
         ContainerFile::take(self, &mut rx.into_stream()).await
     }
+}
+
+/// A fresh upload id (SPEC.md §8.4): 32 hex digits from the standard
+/// library's randomly seeded hasher, the time, the process and a counter.
+/// Not a secret: the server binds it to the pusher's identity.
+fn upload_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let mut halves = [0u64; 2];
+    for (i, h) in halves.iter_mut().enumerate() {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u128(now);
+        hasher.write_u64(n);
+        hasher.write_u32(std::process::id());
+        hasher.write_usize(i);
+        *h = hasher.finish();
+    }
+    format!("{:016x}{:016x}", halves[0], halves[1])
 }
 
 /// The first wait between retries; it doubles each time.
