@@ -86,6 +86,9 @@ pub struct Assembler {
     events: VecDeque<Event>,
     received: u64,
     done: bool,
+    /// Chunks that arrived damaged in this stream, by (item, offset), with
+    /// their error: their ranges are fetched again (SPEC.md §3.2, §8.4).
+    damaged: BTreeMap<(u32, u64), DecodeError>,
 }
 
 #[derive(Debug)]
@@ -98,6 +101,9 @@ struct Ledger {
     chunks: BTreeMap<u64, (u64, u32)>,
     /// The item's CRC once verified.
     verified: Option<u32>,
+    /// Restored from a record that knew only the name and length: the
+    /// sender's header, when it comes, replaces it.
+    restored: bool,
 }
 
 impl Ledger {
@@ -141,11 +147,20 @@ impl Assembler {
     /// before all of the item was placed.
     pub fn handle_frame(&mut self, frame: Frame) -> Result<(), DecodeError> {
         match frame {
-            Frame::ObjectHeader(h) => self.events.push_back(Event::Object(h)),
+            Frame::ObjectHeader(h) => {
+                // A new stream: only its own damaged chunks count.
+                self.damaged.clear();
+                self.events.push_back(Event::Object(h));
+            }
             Frame::ItemHeader(h) => self.item_header(h)?,
             Frame::Chunk(c) => self.chunk(c.item, c.offset, c.data, c.crc)?,
             Frame::ItemEnd(e) => self.item_end(e.item, e.len, e.crc)?,
             Frame::ObjectEnd(e) => {
+                // SPEC.md §3.2 rule 3, §8.4: the ranges of damaged chunks are
+                // all that is missing: they are to be fetched again.
+                if let Some(damage) = self.only_damage_missing() {
+                    return Err(damage);
+                }
                 // SPEC.md §7.4: the object is complete only when every item is.
                 if (0..self.items.len()).any(|i| !self.missing(i as u32).is_empty()) {
                     return Err(DecodeError::UnexpectedFrame {
@@ -159,6 +174,32 @@ impl Assembler {
             Frame::Abort(a) => self.events.push_back(Event::Aborted(a)),
         }
         Ok(())
+    }
+
+    /// A chunk arrived damaged (`damage` is its
+    /// [`DecodeError::PayloadChecksum`]; anything else is ignored) and was
+    /// skipped by a decoder that goes on
+    /// ([`FrameDecoder::skipping_damaged_chunks`](crate::wire::FrameDecoder::skipping_damaged_chunks)):
+    /// its item's end is then taken without the item complete, if the
+    /// damaged chunks account for every gap, and the object end fails with
+    /// the first damage, so that only those ranges are asked for again.
+    pub fn handle_damaged(&mut self, damage: DecodeError) {
+        if let DecodeError::PayloadChecksum { item, offset, .. } = damage {
+            self.damaged.insert((item, offset), damage);
+        }
+    }
+
+    /// The first damage, when the gaps of damaged chunks are all that is
+    /// missing.
+    fn only_damage_missing(&self) -> Option<DecodeError> {
+        let first = self.damaged.values().next()?.clone();
+        let all = (0..self.items.len() as u32).all(|i| self.gaps_are_damage(i));
+        all.then_some(first)
+    }
+
+    /// Whether every gap of `item` starts at a chunk that arrived damaged.
+    fn gaps_are_damage(&self, item: u32) -> bool {
+        self.missing(item).iter().all(|r| self.damaged.contains_key(&(item, r.start)))
     }
 
     /// The next event for the sink.
@@ -197,6 +238,9 @@ impl Assembler {
             self.item_header(h)?;
         }
         self.events.clear();
+        for l in &mut self.items {
+            l.restored = true;
+        }
         for &(item, offset, len, crc) in chunks {
             let ledger = self.items.get_mut(item as usize).ok_or(DecodeError::ChunkWithoutItem { item, open: None })?;
             let item_len = ledger.header.len;
@@ -237,7 +281,15 @@ impl Assembler {
 
     fn item_header(&mut self, h: ItemHeader) -> Result<(), DecodeError> {
         let index = h.item as usize;
-        if let Some(known) = self.items.get(index) {
+        if let Some(known) = self.items.get_mut(index) {
+            // SPEC.md §8.4: an item restored from a record (name and length)
+            // gets its full header from the first stream that announces it.
+            if known.restored && known.header.name == h.name && known.header.len == h.len {
+                known.restored = false;
+                known.header = h.clone();
+                self.events.push_back(Event::Item { header: h, position: known.position });
+                return Ok(());
+            }
             // Another stream (a resume) announces the same item: it must agree.
             if known.header != h {
                 return Err(DecodeError::InconsistentItem {
@@ -256,7 +308,14 @@ impl Assembler {
         let position = self.next_position;
         self.next_position = self.next_position.saturating_add(h.len);
         self.events.push_back(Event::Item { header: h.clone(), position });
-        self.items.push(Ledger { header: h, position, have: RangeSet::new(), chunks: BTreeMap::new(), verified: None });
+        self.items.push(Ledger {
+            header: h,
+            position,
+            have: RangeSet::new(),
+            chunks: BTreeMap::new(),
+            verified: None,
+            restored: false,
+        });
         Ok(())
     }
 
@@ -264,8 +323,15 @@ impl Assembler {
         self.ledger(item, FrameKind::ItemEnd)?;
         let ledger = &mut self.items[item as usize];
         let item_len = ledger.header.len;
+        let complete = ledger.have.contains(0..item_len);
+        // SPEC.md §8.4: an item whose only gaps are damaged chunks ends
+        // later, when they were fetched again (its end is sent again then).
+        if !complete && self.gaps_are_damage(item) && !self.damaged.is_empty() {
+            return Ok(());
+        }
+        let ledger = &mut self.items[item as usize];
         // SPEC.md §7.3: the item is complete only when every byte is placed.
-        if !ledger.have.contains(0..item_len) {
+        if !complete {
             let actual = ledger.have.len();
             return Err(DecodeError::ItemEndMismatch { item, field: "length", claimed: item_len, actual });
         }
@@ -320,6 +386,7 @@ impl Assembler {
         ledger.have.insert(offset..end);
         self.received += ledger.have.len() - before;
         let position = ledger.position + offset;
+        self.damaged.remove(&(item, offset));
         self.events.push_back(Event::Data { item, offset, position, data });
         Ok(())
     }
@@ -515,6 +582,69 @@ mod tests {
         asm.handle_frame(end(8, b"abcdefgh"))?;
         assert!(asm.is_verified(0));
         assert_eq!(asm.chunks().len(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn restored_item_takes_the_senders_header_and_is_announced() -> Result<(), DecodeError> {
+        use crate::wire::Dtype;
+        let mut asm = Assembler::new();
+        asm.restore(vec![ItemHeader::bytes(0, "w", 8)], &[(0, 0, 4, crc32fast::hash(b"abcd"))])?;
+        let real = ItemHeader::tensor(0, "w", Dtype::U8, vec![8]);
+        asm.handle_frame(Frame::ItemHeader(real.clone()))?;
+        assert_eq!(asm.poll_event(), Some(Event::Item { header: real.clone(), position: 0 }));
+        // From then on it is known by its full header.
+        asm.handle_frame(Frame::ItemHeader(real))?;
+        assert!(asm.poll_event().is_none());
+        let other = ItemHeader::tensor(0, "w", Dtype::I8, vec![8]);
+        assert!(matches!(asm.handle_frame(Frame::ItemHeader(other)), Err(DecodeError::InconsistentItem { .. })));
+        Ok(())
+    }
+
+    #[test]
+    fn restored_item_of_another_length_is_inconsistent() -> Result<(), DecodeError> {
+        let mut asm = Assembler::new();
+        asm.restore(vec![ItemHeader::bytes(0, "w", 8)], &[(0, 0, 4, 0)])?;
+        let r = asm.handle_frame(Frame::ItemHeader(ItemHeader::bytes(0, "w", 9)));
+        assert!(matches!(r, Err(DecodeError::InconsistentItem { .. })), "{r:?}");
+        Ok(())
+    }
+
+    fn damage(item: u32, offset: u64) -> DecodeError {
+        DecodeError::PayloadChecksum { item, offset, expected: 1, actual: 2 }
+    }
+
+    #[test]
+    fn damaged_chunk_defers_the_item_end_and_fails_the_object_end_for_it() -> Result<(), DecodeError> {
+        let mut asm = Assembler::new();
+        for f in frames_for(&[8]) {
+            asm.handle_frame(f)?;
+        }
+        asm.handle_frame(chunk(0, 0, b"abcd"))?;
+        asm.handle_damaged(damage(0, 4));
+        asm.handle_frame(end(8, b"abcdefgh"))?;
+        assert!(!asm.is_verified(0));
+        let r = asm.handle_frame(Frame::ObjectEnd(ObjectEnd { items: 1, len: 8, crc: 0 }));
+        assert_eq!(r, Err(damage(0, 4)));
+        assert_eq!(asm.missing(0), vec![4..8], "only the damaged chunk is asked for");
+        // The next stream brings it, and the item end again.
+        asm.handle_frame(chunk(0, 4, b"efgh"))?;
+        asm.handle_frame(end(8, b"abcdefgh"))?;
+        assert!(asm.is_verified(0));
+        Ok(())
+    }
+
+    #[test]
+    fn gap_that_is_not_a_damaged_chunk_still_fails_the_item_end() -> Result<(), DecodeError> {
+        let mut asm = Assembler::new();
+        for f in frames_for(&[12]) {
+            asm.handle_frame(f)?;
+        }
+        asm.handle_frame(chunk(0, 0, b"abcd"))?;
+        asm.handle_damaged(damage(0, 8));
+        // Bytes 4..8 never came, and no damage accounts for them.
+        let r = asm.handle_frame(end(12, b"abcdefghijkl"));
+        assert!(matches!(r, Err(DecodeError::ItemEndMismatch { field: "length", .. })), "{r:?}");
         Ok(())
     }
 

@@ -259,6 +259,13 @@ impl Drop for FileSink {
     }
 }
 
+/// `<dest>.part`: where [`FileSink::create`] writes first.
+pub fn part_path(dest: &Path) -> PathBuf {
+    let mut part = dest.as_os_str().to_os_string();
+    part.push(".part");
+    part.into()
+}
+
 /// Removes the temporary files of uploads ([`UPLOAD_PREFIX`]) left under
 /// `root` by a server that crashed or was killed, without following symbolic
 /// links; returns how many were removed. Only for a root no running server

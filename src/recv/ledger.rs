@@ -30,7 +30,7 @@ const MAX_CHUNKS: usize = 1 << 20;
 /// use tensorwire::recv::{PartLedger, SourceId};
 /// # fn main() -> Result<(), tensorwire::Error> {
 /// # let dest = std::env::temp_dir().join(format!("tw-doc-ledger-{}.bin", std::process::id()));
-/// let mut ledger = PartLedger::new(SourceId { request: "GET /objects/m".into(), items: vec![("m".into(), 8)] });
+/// let mut ledger = PartLedger::new(SourceId { request: "GET /objects/m".into(), header: None, items: vec![("m".into(), 8)] });
 /// ledger.chunks.push((0, 0, 4, 0x1234_5678));
 /// ledger.save(&dest)?;
 /// assert_eq!(PartLedger::load(&dest).as_ref(), Some(&ledger));
@@ -49,11 +49,17 @@ pub struct PartLedger {
 }
 
 /// The identity of the object a `.part` file belongs to: the request that
-/// fetched it, and each item's name and length as the sender announced them.
+/// fetched it, the CRC-32 of its object header (name, mode, sizes, index,
+/// metadata such as a version), and each item's name and length as the
+/// sender announced them.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SourceId {
     /// The request (path and query) that fetched the object.
     pub request: String,
+    /// CRC-32 of the encoded object header, once it arrived; a resumed
+    /// transfer whose header differs has a changed source and starts over.
+    #[serde(default)]
+    pub header: Option<u32>,
     /// Per item: name and length.
     pub items: Vec<(String, u64)>,
 }
@@ -104,6 +110,28 @@ impl PartLedger {
             let _ = File::open(dir).and_then(|d| d.sync_all());
         }
         Ok(())
+    }
+
+    /// The ledger to go on with for `dest`: the one beside it when it was
+    /// written for `request` (the caller continues the `.part` files it
+    /// vouches for), else a fresh one, after removing a ledger written for
+    /// another request and, since such a ledger proves them this tool's,
+    /// the `parts` files beside it. Returns whether one was found. Blocking.
+    pub fn continue_or_start(dest: &Path, request: String, parts: &[PathBuf]) -> (Self, bool) {
+        let loaded = Self::load(dest);
+        let ours = loaded.is_some();
+        match loaded.filter(|l| l.source.request == request) {
+            Some(l) => (l, true),
+            None => {
+                Self::remove(dest);
+                if ours {
+                    for part in parts {
+                        let _ = std::fs::remove_file(part);
+                    }
+                }
+                (PartLedger::new(SourceId { request, header: None, items: Vec::new() }), false)
+            }
+        }
     }
 
     /// Removes the ledger beside `dest`, if any.

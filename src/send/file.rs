@@ -15,8 +15,7 @@ use memmap2::{Mmap, UncheckedAdvice};
 use crate::wire::{Abort, AbortCode, EncodeError, Frame, ItemHeader, Mode, ObjectEncoder, ObjectHeader};
 use crate::Error;
 
-/// The metadata key that marks a file-mode object as a safetensors file.
-pub const FORMAT_KEY: &str = "format";
+pub use crate::wire::FORMAT_KEY;
 
 /// Pages are released in units of this many bytes (the x86-64 and common
 /// aarch64 page size; on larger pages the kernel rounds, which only costs a

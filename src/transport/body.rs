@@ -12,9 +12,8 @@ use h2::{RecvStream, SendStream};
 use super::flow::Meter;
 use super::request::Resume;
 use super::Config;
-use crate::recv::{Assembler, Event, FileSink, PartLedger, SourceId};
-use crate::send::FORMAT_KEY;
-use crate::wire::{preamble, Budget, EncodedFrame, Frame, FrameDecoder, HEADER_LEN};
+use crate::recv::{part_path, FileSink, FileWriter, PartLedger, Receive, MAX_DAMAGED_CHUNKS};
+use crate::wire::{preamble, Budget, EncodedFrame, Frame, FrameDecoder, ObjectEnd, HEADER_LEN};
 use crate::Error;
 
 /// Frames smaller than this are staged and sent together with the next
@@ -229,6 +228,15 @@ impl FrameReceiver {
 
     /// Accepts chunks that skip ranges: the answer to a resume request
     /// (SPEC.md §7.2 rule 5, §8.4). Call before the first frame.
+    /// Allows gaps, and skips up to [`MAX_DAMAGED_CHUNKS`] damaged chunks
+    /// (each reported as its error, the frames going on after it) so that
+    /// a receiver can ask for just those again (SPEC.md §3.2, §8.4).
+    pub(crate) fn skipping_damaged_chunks(mut self, limits: crate::wire::Limits) -> Self {
+        let seq = crate::wire::Sequencer::new(limits).allowing_gaps();
+        self.dec = FrameDecoder::with_sequencer(limits, seq).skipping_damaged_chunks(MAX_DAMAGED_CHUNKS);
+        self
+    }
+
     pub(crate) fn allowing_gaps(mut self, limits: crate::wire::Limits) -> Self {
         self.dec = FrameDecoder::with_sequencer(limits, crate::wire::Sequencer::new(limits).allowing_gaps());
         self
@@ -406,17 +414,7 @@ impl FrameReceiver {
     }
 }
 
-/// Progress of a transfer: data bytes done, out of the total when known.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Progress {
-    /// Item data bytes sent or received so far.
-    pub done: u64,
-    /// The object's total item data length, when known.
-    pub total: Option<u64>,
-}
-
-/// A progress callback.
-pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
+pub use crate::recv::{Progress, ProgressFn};
 
 /// What arrived, for a completed receive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -426,57 +424,10 @@ pub(crate) struct Received {
     pub(crate) crc: u32,
 }
 
-/// Receives an object from `rx` into the sink `open` returns, called (on the
-/// blocking pool) when the first data arrive or at the object end, and
-/// committed when the object end is verified: a server opens an upload's
-/// file only for a push that has sent a verified chunk. `safetensors`: the
-/// destination is a safetensors file whatever the object says.
-pub(crate) async fn receive_into(
-    rx: &mut FrameReceiver,
-    open: impl FnOnce() -> Result<FileSink, Error> + Send + 'static,
-    mut safetensors: bool,
-    progress: Option<&ProgressFn>,
-) -> Result<Received, Error> {
-    let mut open = Some(open);
-    let mut sink: Option<Arc<FileSink>> = None;
-    let mut asm = Assembler::new();
-    let mut total = None;
-    while let Some(frame) = rx.next_frame().await? {
-        asm.handle_frame(frame)?;
-        while let Some(event) = asm.poll_event() {
-            match event {
-                Event::Object(h) => {
-                    safetensors |= h.metadata.get(FORMAT_KEY).is_some_and(|f| f == "safetensors");
-                    total = h.total_len;
-                }
-                Event::Data { position, data, .. } => {
-                    let sink = Arc::clone(opened(&mut sink, &mut open).await?);
-                    // Positioned writes block: run them off the runtime's threads.
-                    tokio::task::spawn_blocking(move || sink.write_at(position, &data)).await.map_err(join)??;
-                    if let Some(p) = progress {
-                        p(Progress { done: asm.received(), total });
-                    }
-                }
-                Event::Aborted(a) => return Err(Error::Aborted { code: a.code, message: a.message }),
-                Event::Done(end) => {
-                    // SPEC.md §7.5: nothing may follow the object end; the
-                    // stream must end before the file is committed.
-                    if rx.next_frame().await?.is_some() {
-                        return Err(Error::Protocol("a frame after the object end"));
-                    }
-                    opened(&mut sink, &mut open).await?;
-                    let sink = sink.take().and_then(|s| Arc::try_unwrap(s).ok());
-                    let sink = sink.ok_or(Error::Protocol("sink still in use"))?;
-                    tokio::task::spawn_blocking(move || sink.commit(end.len, safetensors)).await.map_err(join)??;
-                    return Ok(Received { len: end.len, items: end.items, crc: end.crc });
-                }
-                _ => {}
-            }
-        }
+impl From<ObjectEnd> for Received {
+    fn from(end: ObjectEnd) -> Self {
+        Received { len: end.len, items: end.items, crc: end.crc }
     }
-    // The decoder only ends cleanly after an object end or an abort, both
-    // handled above.
-    Err(Error::Protocol("object ended without an object end"))
 }
 
 /// One object arriving into a file, over one or more streams: the `.part`
@@ -486,34 +437,15 @@ pub(crate) async fn receive_into(
 /// every item's CRC checked over the assembled bytes.
 #[derive(Debug)]
 pub(crate) struct FileReceive {
-    sink: Option<Arc<FileSink>>,
-    asm: Assembler,
-    safetensors: bool,
-    total: Option<u64>,
-    /// With a ledger beside the `.part` file: what it records, and when it
-    /// was last saved.
-    ledger: Option<(PartLedger, std::time::Instant)>,
-    dest: std::path::PathBuf,
-}
-
-/// How often a ledger is saved while data arrives.
-const LEDGER_EVERY: Duration = Duration::from_millis(200);
-
-impl Drop for FileReceive {
-    fn drop(&mut self) {
-        // Not committed: the sink removes its `.part`; the ledger goes too.
-        if self.sink.is_some() && self.ledger.is_some() {
-            PartLedger::remove(&self.dest);
-        }
-    }
+    recv: Receive<FileWriter>,
 }
 
 impl FileReceive {
-    /// Creates (or truncates) `<dest>.part`.
+    /// Creates `<dest>.part`.
     pub(crate) async fn create(dest: &Path) -> Result<Self, Error> {
         let dest_owned = dest.to_path_buf();
         let sink = tokio::task::spawn_blocking(move || FileSink::create(dest_owned)).await.map_err(join)??;
-        Ok(Self::create_with(dest, sink, Assembler::new()))
+        Ok(FileReceive { recv: Receive::new(FileWriter::new(sink)) })
     }
 
     /// Like [`FileReceive::create`], with a ledger beside the `.part` file
@@ -523,92 +455,30 @@ impl FileReceive {
     pub(crate) async fn create_resumable(dest: &Path, request: String) -> Result<Self, Error> {
         let d = dest.to_path_buf();
         let found = tokio::task::spawn_blocking(move || {
-            let loaded = PartLedger::load(&d);
-            // A ledger proves the `.part` beside it is this tool's.
-            let ours = loaded.is_some();
-            let found = loaded.filter(|l| l.source.request == request);
-            let sink = match &found {
-                Some(_) => FileSink::open_existing(&d)?,
-                None => {
-                    PartLedger::remove(&d);
-                    if ours {
-                        let mut part = d.clone().into_os_string();
-                        part.push(".part");
-                        let _ = std::fs::remove_file(part);
-                    }
-                    FileSink::create(&d)?
-                }
-            };
-            let ledger = found.unwrap_or_else(|| PartLedger::new(SourceId { request, items: Vec::new() }));
+            let part = part_path(&d);
+            let (ledger, found) = PartLedger::continue_or_start(&d, request, std::slice::from_ref(&part));
+            let sink = if found { FileSink::open_existing(&d)? } else { FileSink::create(&d)? };
             Ok::<_, Error>((sink, ledger))
         })
         .await
         .map_err(join)??;
-        let (sink, mut ledger) = found;
-        let mut asm = Assembler::new();
-        let items = ledger.source.items.iter().enumerate();
-        let headers = items.map(|(i, (name, len))| crate::wire::ItemHeader::bytes(i as u32, name.clone(), *len));
-        if asm.restore(headers.collect(), &ledger.chunks).is_err() {
-            // A damaged record: trust nothing of it.
-            asm = Assembler::new();
-        }
-        if asm.received() == 0 {
-            ledger.source.items.clear();
-            ledger.chunks.clear();
-            asm = Assembler::new();
-        }
+        let (sink, ledger) = found;
         // A ledger describes `<dest>.part` only: when another program's file
         // holds that name, the sink writes elsewhere and keeps no ledger.
-        let mut expected = dest.as_os_str().to_os_string();
-        expected.push(".part");
-        let keep_ledger = sink.part_path() == Path::new(&expected);
-        let mut me = Self::create_with(dest, sink, asm);
+        let keep_ledger = sink.part_path() == part_path(dest);
+        let mut recv = Receive::new(FileWriter::new(sink));
         if keep_ledger {
-            me.ledger = Some((ledger, std::time::Instant::now()));
+            recv = recv.with_ledger(dest.to_path_buf(), ledger);
         }
-        Ok(me)
-    }
-
-    fn create_with(dest: &Path, sink: FileSink, asm: Assembler) -> Self {
-        FileReceive {
-            sink: Some(Arc::new(sink)),
-            asm,
-            safetensors: dest.extension().is_some_and(|e| e == "safetensors"),
-            total: None,
-            ledger: None,
-            dest: dest.to_path_buf(),
-        }
-    }
-
-    /// Syncs the `.part` data and saves the ledger listing it, at most every
-    /// [`LEDGER_EVERY`] unless `now`.
-    async fn save_ledger(&mut self, now: bool) -> Result<(), Error> {
-        let Some((ledger, last)) = &mut self.ledger else { return Ok(()) };
-        if !now && last.elapsed() < LEDGER_EVERY {
-            return Ok(());
-        }
-        *last = std::time::Instant::now();
-        ledger.chunks = self.asm.chunks();
-        let (snapshot, dest) = (ledger.clone(), self.dest.clone());
-        let Some(sink) = self.sink.clone() else { return Ok(()) };
-        // The ledger lists only bytes already on disk.
-        tokio::task::spawn_blocking(move || {
-            sink.sync_data()?;
-            snapshot.save(&dest)
-        })
-        .await
-        .map_err(join)?
+        Ok(FileReceive { recv })
     }
 
     /// What to ask for on the next stream: `None` before any item is known
     /// (ask for everything), else the ranges not placed yet.
     pub(crate) fn resume(&self) -> Option<Resume> {
-        if self.asm.items() == 0 {
-            return None;
-        }
         let mut r = Resume::default();
-        for item in 0..self.asm.items() {
-            r.need(item, self.asm.missing(item));
+        for (item, ranges) in self.recv.missing()? {
+            r.need(item, ranges);
         }
         Some(r)
     }
@@ -616,81 +486,16 @@ impl FileReceive {
     /// Forgets everything received (the source changed): the next stream
     /// starts from zero.
     pub(crate) fn restart(&mut self) {
-        self.asm = Assembler::new();
-        self.total = None;
-        if let Some((l, _)) = &mut self.ledger {
-            l.source.items.clear();
-            l.chunks.clear();
-        }
+        self.recv.restart();
     }
 
     /// Takes one stream's frames; commits the file and returns once the
     /// object is complete.
-    pub(crate) async fn take(
-        &mut self,
-        rx: &mut FrameReceiver,
-        progress: Option<&ProgressFn>,
-    ) -> Result<Received, Error> {
-        while let Some(frame) = rx.next_frame().await? {
-            self.asm.handle_frame(frame)?;
-            while let Some(event) = self.asm.poll_event() {
-                match event {
-                    Event::Object(h) => {
-                        self.safetensors |= h.metadata.get(FORMAT_KEY).is_some_and(|f| f == "safetensors");
-                        self.total = h.total_len;
-                    }
-                    Event::Item { header, .. } => {
-                        if let Some((l, _)) = &mut self.ledger {
-                            l.source.items.push((header.name.clone(), header.len));
-                        }
-                    }
-                    Event::Data { position, data, .. } => {
-                        let sink = Arc::clone(self.sink.as_ref().ok_or(Error::Protocol("file already committed"))?);
-                        // Positioned writes block: run them off the runtime's threads.
-                        tokio::task::spawn_blocking(move || sink.write_at(position, &data)).await.map_err(join)??;
-                        if let Some(p) = progress {
-                            p(Progress { done: self.asm.received(), total: self.total });
-                        }
-                        self.save_ledger(false).await?;
-                    }
-                    Event::Aborted(a) => return Err(Error::Aborted { code: a.code, message: a.message }),
-                    Event::Done(end) => {
-                        // SPEC.md §7.5: nothing may follow the object end; the
-                        // stream must end before the file is committed.
-                        if rx.next_frame().await?.is_some() {
-                            return Err(Error::Protocol("a frame after the object end"));
-                        }
-                        let sink = self.sink.take().ok_or(Error::Protocol("file already committed"))?;
-                        let sink = Arc::try_unwrap(sink).map_err(|_| Error::Protocol("sink still in use"))?;
-                        let safetensors = self.safetensors;
-                        tokio::task::spawn_blocking(move || sink.commit(end.len, safetensors))
-                            .await
-                            .map_err(join)??;
-                        if self.ledger.take().is_some() {
-                            PartLedger::remove(&self.dest);
-                        }
-                        return Ok(Received { len: end.len, items: end.items, crc: end.crc });
-                    }
-                    _ => {}
-                }
-            }
-        }
-        // The decoder only ends cleanly after an object end or an abort, both
-        // handled above.
-        Err(Error::Protocol("object ended without an object end"))
+    pub(crate) async fn take(&mut self, rx: FrameReceiver, progress: Option<&ProgressFn>) -> Result<Received, Error> {
+        self.recv.set_progress(progress.cloned());
+        self.recv.tolerating_damaged_chunks(MAX_DAMAGED_CHUNKS);
+        self.recv.take(&mut rx.into_stream()).await.map(Received::from)
     }
-}
-
-/// The sink, opened by `open` on first use.
-async fn opened<'a, F>(sink: &'a mut Option<Arc<FileSink>>, open: &mut Option<F>) -> Result<&'a Arc<FileSink>, Error>
-where
-    F: FnOnce() -> Result<FileSink, Error> + Send + 'static,
-{
-    if sink.is_none() {
-        let open = open.take().ok_or(Error::Protocol("sink opened twice"))?;
-        *sink = Some(Arc::new(tokio::task::spawn_blocking(open).await.map_err(join)??));
-    }
-    sink.as_ref().ok_or(Error::Protocol("sink not opened"))
 }
 
 pub(crate) fn join(e: tokio::task::JoinError) -> Error {

@@ -86,9 +86,10 @@ pub struct TransferOptions {
     /// Asks the server to quantize float tensors (container pulls only);
     /// the retriever restores them to their original dtype.
     pub quantize: Option<crate::wire::Scheme>,
-    /// File pulls ([`Client::get_file_with`]): keep a crash-safe ledger of
-    /// verified ranges beside `FILE.part` (synced every 200 ms), so that a
-    /// process killed mid-transfer resumes when it pulls the same object
+    /// File pulls ([`Client::get_file_with`]) and container pulls into a
+    /// file ([`Client::get_container_file_with`]): keep a crash-safe ledger
+    /// of verified ranges beside `FILE.part` (synced every 200 ms), so that
+    /// a process killed mid-transfer resumes when it pulls the same object
     /// from the same server into the same file again.
     pub ledger: bool,
 }
@@ -310,8 +311,7 @@ impl Client {
             let mut req = ObjectRequest::new(name);
             req.chunk_size = opts.chunk_size;
             let mut file = if opts.ledger {
-                let key = format!("GET {}://{}{}?{}", self.scheme(), self.authority, object_path(name), req.to_query());
-                FileReceive::create_resumable(dest, key).await?
+                FileReceive::create_resumable(dest, self.ledger_key(name, &req)).await?
             } else {
                 FileReceive::create(dest).await?
             };
@@ -355,8 +355,21 @@ impl Client {
         opts: &TransferOptions,
         subnormals: crate::wire::Subnormals,
     ) -> Result<u64, Error> {
-        let mut file = ContainerFile::new(dest).with_subnormals(subnormals);
-        cancellable(opts, self.pull(self.container_request(name, items, opts), &mut file, opts)).await
+        let req = self.container_request(name, items, opts);
+        let file = if opts.ledger {
+            let key = self.ledger_key(name, &req);
+            let dest = dest.as_ref().to_path_buf();
+            tokio::task::spawn_blocking(move || ContainerFile::create_resumable(dest, key)).await.map_err(join)?
+        } else {
+            ContainerFile::new(dest)
+        };
+        let mut file = file.with_subnormals(subnormals);
+        cancellable(opts, self.pull(req, &mut file, opts)).await
+    }
+
+    /// What a ledger records as the request it was written for.
+    fn ledger_key(&self, name: &str, req: &ObjectRequest) -> String {
+        format!("GET {}://{}{}?{}", self.scheme(), self.authority, object_path(name), req.to_query())
     }
 
     /// Runs a pull to completion: on a failure worth retrying, waits, gets a
@@ -373,7 +386,8 @@ impl Client {
             let conn = self.current();
             req.resume = recv.resume();
             let result = match self.request_object(&conn, &req).await {
-                Ok(rx) => recv.take(rx, opts.progress.as_ref()).await,
+                // A damaged chunk is skipped and asked for again on its own.
+                Ok(rx) => recv.take(rx.skipping_damaged_chunks(self.config.limits), opts.progress.as_ref()).await,
                 Err(e) => Err(e),
             };
             let e = match result {
@@ -467,8 +481,11 @@ impl Client {
 
     /// Pushes the file at `path` as object `name` (SPEC.md §8.3); returns
     /// once the server has verified and stored it. A push that fails on a
-    /// lost connection is sent again from the start, up to
-    /// [`Config::retries`] times.
+    /// lost connection is tried again, up to [`Config::retries`] times:
+    /// every attempt names the same upload id (`tensorwire-upload`), and
+    /// where the server kept what an earlier attempt sent
+    /// ([`Config::upload_keep`]), only the chunks it lacks are sent again
+    /// (SPEC.md §8.4, push resume).
     ///
     /// # Errors
     ///
@@ -491,26 +508,52 @@ impl Client {
         opts: &TransferOptions,
     ) -> Result<Transfer, Error> {
         let path = path.as_ref().to_path_buf();
+        // SPEC.md §8.4, push resume: one id for every attempt of this push.
+        let upload = upload_id();
         let mut attempt = 0u32;
+        let mut needs: Option<Resume> = None;
         loop {
             let conn = self.current();
             let p = path.clone();
             let streamer = tokio::task::spawn_blocking(move || FileStreamer::open(p)).await.map_err(join)??;
             let streamer = streamer.with_name(name).with_chunk_size(self.config.chunk_size as usize);
             let total = streamer.len();
-            let e = match self.push(name, futures::stream::iter(streamer.frames()), Some(total), opts).await {
+            // What the server holds verified is left out (SPEC.md §8.4).
+            let frames = futures::stream::iter(streamer.frames()).filter(move |f| {
+                let keep = match (f, &needs) {
+                    (Ok(Frame::Chunk(c)), Some(r)) => r.wants(c.item, c.offset..c.offset + c.data.len() as u64),
+                    _ => true,
+                };
+                std::future::ready(keep)
+            });
+            let e = match self.push(name, frames, Some(total), opts, Some(&upload)).await {
                 Ok(t) => return Ok(t),
-                // A push starts over: the server keeps no partial upload.
                 Err(e) if attempt < self.config.retries && e.is_retryable() => e,
                 Err(e) => return Err(e),
             };
             attempt += 1;
-            tracing::info!(object = %name, attempt, error = %e, "push failed; sending it again from the start");
             self.backoff(attempt).await;
             if needs_new_connection(&e) {
                 self.reconnect(&conn).await?;
             }
+            needs = self.kept_upload(name, &upload).await;
+            let resuming = needs.is_some();
+            tracing::info!(object = %name, attempt, resuming, error = %e, "push failed; sending what the server lacks");
         }
+    }
+
+    /// What the server still needs of upload `id` (SPEC.md §8.4, push
+    /// resume); `None`: it keeps none, send everything.
+    async fn kept_upload(&self, name: &str, id: &str) -> Option<Resume> {
+        let mut req = self.request(Method::HEAD, &object_path(name)).ok()?;
+        req.headers_mut().insert(super::uploads::UPLOAD_HEADER, http::HeaderValue::from_str(id).ok()?);
+        let mut send = self.current().send.clone().ready().await.ok()?;
+        let (response, _) = send.send_request(req, true).ok()?;
+        let response = tokio::time::timeout(self.config.idle_timeout, response).await.ok()?.ok()?;
+        if response.status() != StatusCode::OK {
+            return None;
+        }
+        Resume::parse(response.headers().get(RESUME_HEADER)?.to_str().ok()?).ok()
     }
 
     /// Pushes a container (SPEC.md §8.3): its tensors go out one at a time as
@@ -523,7 +566,7 @@ impl Client {
     pub async fn put_container(&self, streamer: ContainerStreamer, opts: &TransferOptions) -> Result<Transfer, Error> {
         let header = streamer.object_header();
         let streamer = streamer.with_chunk_size(self.config.chunk_size as usize);
-        self.push(&header.name, streamer.frames(), header.total_len, opts).await
+        self.push(&header.name, streamer.frames(), header.total_len, opts, None).await
     }
 
     /// Pulls a container object as a `Stream` of tensors, each yielded once
@@ -540,22 +583,7 @@ impl Client {
         opts: &TransferOptions,
     ) -> Result<ObjectRetriever<FrameStream>, Error> {
         let rx = self.get_request(&self.container_request(name, items, opts)).await?;
-        let frames = rx.into_stream();
-        let Some(progress) = opts.progress.clone() else {
-            return Ok(ObjectRetriever::new(frames));
-        };
-        // Progress counts item data on the wire (quantized bytes when the
-        // server quantizes), out of the object header's total.
-        let (mut done, mut total) = (0u64, None);
-        let frames = frames.inspect(move |f| match f {
-            Ok(Frame::ObjectHeader(h)) => total = h.total_len,
-            Ok(Frame::Chunk(c)) => {
-                done += c.data.len() as u64;
-                progress(Progress { done, total });
-            }
-            _ => {}
-        });
-        Ok(ObjectRetriever::new(Box::pin(frames)))
+        Ok(ObjectRetriever::new(rx.into_stream()).with_progress(opts.progress.clone()))
     }
 
     fn container_request(&self, name: &str, items: Option<&[String]>, opts: &TransferOptions) -> ObjectRequest {
@@ -573,10 +601,15 @@ impl Client {
         frames: impl futures::Stream<Item = Result<Frame, Error>> + Send,
         total: Option<u64>,
         opts: &TransferOptions,
+        upload: Option<&str>,
     ) -> Result<Transfer, Error> {
         cancellable(opts, async {
             let mut req = self.request(Method::PUT, &object_path(name))?;
             req.headers_mut().insert("content-type", http::HeaderValue::from_static(CONTENT_TYPE));
+            if let Some(id) = upload {
+                let id = http::HeaderValue::from_str(id).map_err(|_| Error::Protocol("upload id"))?;
+                req.headers_mut().insert(super::uploads::UPLOAD_HEADER, id);
+            }
             let mut send = self.current().send.clone().ready().await.map_err(not_h2)?;
             let (response, stream) = send.send_request(req, false)?;
             let mut tx = FrameSender::new(stream, &self.config);
@@ -660,8 +693,8 @@ impl Resumable for FileReceive {
         FileReceive::restart(self);
     }
 
-    async fn take(&mut self, mut rx: FrameReceiver, progress: Option<&ProgressFn>) -> Result<Self::Output, Error> {
-        FileReceive::take(self, &mut rx, progress).await
+    async fn take(&mut self, rx: FrameReceiver, progress: Option<&ProgressFn>) -> Result<Self::Output, Error> {
+        FileReceive::take(self, rx, progress).await
     }
 }
 
@@ -682,21 +715,30 @@ impl Resumable for ContainerFile {
     }
 
     async fn take(&mut self, rx: FrameReceiver, progress: Option<&ProgressFn>) -> Result<u64, Error> {
-        let Some(progress) = progress.cloned() else {
-            return ContainerFile::take(self, &mut rx.into_stream()).await;
-        };
-        // Progress counts item data on the wire, as for `retrieve`.
-        let (mut done, mut total) = (0u64, None);
-        let mut frames = rx.into_stream().inspect(move |f| match f {
-            Ok(Frame::ObjectHeader(h)) => total = h.total_len,
-            Ok(Frame::Chunk(c)) => {
-                done += c.data.len() as u64;
-                progress(Progress { done, total });
-            }
-            _ => {}
-        });
-        ContainerFile::take(self, &mut frames).await
+        self.set_progress(progress.cloned());
+        self.tolerating_damaged_chunks(crate::recv::MAX_DAMAGED_CHUNKS);
+        ContainerFile::take(self, &mut rx.into_stream()).await
     }
+}
+
+/// A fresh upload id (SPEC.md §8.4): 32 hex digits from the standard
+/// library's randomly seeded hasher, the time, the process and a counter.
+/// Not a secret: the server binds it to the pusher's identity.
+fn upload_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let mut halves = [0u64; 2];
+    for (i, h) in halves.iter_mut().enumerate() {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u128(now);
+        hasher.write_u64(n);
+        hasher.write_u32(std::process::id());
+        hasher.write_usize(i);
+        *h = hasher.finish();
+    }
+    format!("{:016x}{:016x}", halves[0], halves[1])
 }
 
 /// The first wait between retries; it doubles each time.

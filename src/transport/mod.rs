@@ -48,6 +48,7 @@ mod registry;
 mod request;
 mod server;
 mod tls;
+mod uploads;
 mod written;
 
 use std::sync::Arc;
@@ -127,6 +128,11 @@ pub struct Config {
     /// disk and each push into a file holds one); past it a request is
     /// answered 503 (`serve --max-open-files`).
     pub max_open_files: usize,
+    /// How long a server keeps a push that was cut off (its temporary file
+    /// and what it verified) for the pusher to resume (SPEC.md §8.4, push
+    /// resume; `serve --upload-keep SECS`); zero keeps none. A kept upload
+    /// holds its place among [`Config::max_open_files`].
+    pub upload_keep: Duration,
     /// How long a new connection may take to finish the HTTP/2 handshake
     /// (`serve --handshake-timeout`).
     pub handshake_timeout: Duration,
@@ -204,6 +210,7 @@ impl Default for Config {
             max_connections: 1024,
             max_connections_per_peer: 128,
             max_open_files: 512,
+            upload_keep: Duration::from_secs(600),
             handshake_timeout: Duration::from_secs(10),
             idle_connection_timeout: Duration::from_secs(120),
             max_pinned_per_connection: 64 << 20,

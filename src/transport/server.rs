@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::auth::{KeyedLimiter, KeyedPermit};
-use super::body::{join, receive_into, FrameReceiver, FrameSender};
+use super::body::{join, FrameReceiver, FrameSender};
 use super::tls::{handshake_error, Cleartext};
 use super::written::{SendGate, Written};
 use super::{Config, EventFn, Identity, Peer, Registry, ServerEvent};
@@ -76,6 +76,8 @@ struct Shared {
     identity_streams: KeyedLimiter,
     /// Files held open by transfers.
     files: Arc<tokio::sync::Semaphore>,
+    /// Interrupted pushes kept for a resume.
+    uploads: super::uploads::Uploads,
 }
 
 impl std::fmt::Debug for Shared {
@@ -101,6 +103,7 @@ impl Shared {
             events: None,
             identity_connections: KeyedLimiter::default(),
             identity_streams: KeyedLimiter::default(),
+            uploads: Default::default(),
         }
     }
 
@@ -778,6 +781,9 @@ async fn head(
     peer: &Peer,
 ) -> Result<Outcome, Reply> {
     let name = shared.registry.decode_name(req.uri().path())?;
+    if let Some(id) = upload_id(req.headers())? {
+        return kept_upload(respond, shared, peer, &name, &id);
+    }
     shared.registry.authorize_get(peer, &name)?;
     let (len, items) = match shared.registry.container(&name) {
         Some(model) => (model.values().map(|t| t.data().len() as u64).sum::<u64>(), model.len() as u64),
@@ -797,6 +803,30 @@ async fn head(
         .map_err(|e| Reply::status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     respond.send_response(resp, true).map_err(Error::from)?;
     Ok(Outcome { mode: "other", object_bytes: Some(len), ..Outcome::default() })
+}
+
+/// SPEC.md §8.4, push resume: what a kept upload still needs, for the
+/// peer that pushed it (404 for anyone else, or when none is kept).
+fn kept_upload(
+    respond: &mut SendResponse<EncodedFrame>,
+    shared: &Shared,
+    peer: &Peer,
+    name: &str,
+    id: &str,
+) -> Result<Outcome, Reply> {
+    shared.registry.authorize_push(peer, name)?;
+    let owner = super::uploads::owner(peer);
+    let Some(needs) = shared.uploads.needs(&owner, id, name) else {
+        return Err(Reply::status(StatusCode::NOT_FOUND, "no such upload is kept"));
+    };
+    let resp = Response::builder()
+        .status(StatusCode::OK)
+        .header("tensorwire-version", "1")
+        .header(super::request::RESUME_HEADER, needs)
+        .body(())
+        .map_err(|e| Reply::status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    respond.send_response(resp, true).map_err(Error::from)?;
+    Ok(Outcome { mode: "other", ..Outcome::default() })
 }
 
 /// Sends an error reply: the status, and the message as the body (none for
@@ -966,6 +996,66 @@ pub(crate) fn fuzz_request(target: &str, headers: &[(&[u8], &[u8])]) {
 }
 
 /// SPEC.md §8.1: a pushed body must say what it is.
+/// The push's upload id (SPEC.md §8.4, push resume), if it names one.
+fn upload_id(headers: &http::HeaderMap) -> Result<Option<String>, Reply> {
+    let Some(v) = headers.get(super::uploads::UPLOAD_HEADER) else { return Ok(None) };
+    match v.to_str() {
+        Ok(id) if super::uploads::valid_id(id) => Ok(Some(id.to_string())),
+        _ => Err(Reply::status(StatusCode::BAD_REQUEST, "bad tensorwire-upload: 16 to 64 of [0-9A-Za-z_-]")),
+    }
+}
+
+/// Receives a push into a file of its own, renamed into place once
+/// verified (SPEC.md §8.3; the last verified push wins). The file is
+/// opened when the first verified data arrive. With an upload id, a push
+/// cut off is kept for [`Config::upload_keep`](super::Config::upload_keep)
+/// under the pusher's identity, and a later push with the same id
+/// continues it (SPEC.md §8.4).
+async fn receive_upload(
+    rx: FrameReceiver,
+    shared: &Shared,
+    peer: &Peer,
+    name: &str,
+    upload: Option<String>,
+) -> Result<super::body::Received, Error> {
+    let owner = super::uploads::owner(peer);
+    let kept = upload.as_deref().and_then(|id| shared.uploads.take(&owner, id, name));
+    let resumed = kept.is_some();
+    let mut recv = match kept {
+        Some(recv) => recv,
+        None => {
+            let registry = shared.registry.clone();
+            let files = Arc::clone(&shared.files);
+            let upload = name.to_string();
+            let open = move || {
+                // SPEC.md §8.5: 503 at capacity.
+                let slot = files.try_acquire_owned().map_err(|_| Error::AtCapacity("files open for transfers"))?;
+                Ok(registry.create_upload(&upload)?.holding(slot))
+            };
+            crate::recv::Receive::new(
+                crate::recv::FileWriter::opening(open).safetensors(name.ends_with(".safetensors")),
+            )
+        }
+    };
+    // SPEC.md §8.4: a resumed push leaves out what the server holds.
+    let rx = if resumed { rx.allowing_gaps(shared.config.limits) } else { rx };
+    match recv.take(&mut rx.into_stream()).await {
+        Ok(end) => {
+            // An attempt that failed after this one began is no longer needed.
+            if let Some(id) = &upload {
+                drop(shared.uploads.take(&owner, id, name));
+            }
+            Ok(end.into())
+        }
+        Err(e) => {
+            if let Some(id) = upload {
+                shared.uploads.keep(owner, id, name.to_string(), recv, shared.config.upload_keep);
+            }
+            Err(e)
+        }
+    }
+}
+
 fn check_push_headers(headers: &http::HeaderMap) -> Result<(), Reply> {
     let content_type = headers.get("content-type").and_then(|v| v.to_str().ok());
     if content_type != Some(CONTENT_TYPE) {
@@ -1175,6 +1265,10 @@ async fn put(
     if let Err(reply) = check_push_headers(req.headers()) {
         return Err(reply.with_body(req.into_body()));
     }
+    let upload = match upload_id(req.headers()) {
+        Ok(id) => id,
+        Err(reply) => return Err(reply.with_body(req.into_body())),
+    };
     let mut rx = FrameReceiver::new(req.into_body(), &shared.config).with_budget(budget);
     if let Some(m) = meter {
         rx = rx.metered(m);
@@ -1183,19 +1277,7 @@ async fn put(
     let stored = if let Some(handler) = shared.registry.push_handler() {
         handler(name.clone(), peer.clone(), ObjectRetriever::new(rx.into_stream())).await.map(|()| None)
     } else {
-        // SPEC.md §8.3: each push into a file of its own, renamed into
-        // place once verified; the last verified push wins.
-        // The upload's file is opened when its first verified data arrive.
-        let registry = shared.registry.clone();
-        let files = Arc::clone(&shared.files);
-        let safetensors = name.ends_with(".safetensors");
-        let upload = name.clone();
-        let open = move || {
-            // SPEC.md §8.5: 503 at capacity.
-            let slot = files.try_acquire_owned().map_err(|_| Error::AtCapacity("files open for transfers"))?;
-            Ok(registry.create_upload(&upload)?.holding(slot))
-        };
-        receive_into(&mut rx, open, safetensors, None).await.map(Some)
+        receive_upload(rx, shared, peer, &name, upload).await.map(Some)
     };
     let wire = received.load(Ordering::Relaxed);
     shared.metrics.bytes_received.inc_by(wire);

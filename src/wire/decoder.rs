@@ -48,6 +48,10 @@ pub struct FrameDecoder {
     state: State,
     seq: Sequencer,
     failed: Option<DecodeError>,
+    /// Damaged chunks that may still be skipped ([`FrameDecoder::skipping_damaged_chunks`]).
+    skips_left: u32,
+    /// The last error was a skipped chunk: the object goes on.
+    skipped: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -72,7 +76,7 @@ impl FrameDecoder {
     /// A decoder whose ordering rules are checked by `seq` (for example one
     /// built with [`Sequencer::allowing_gaps`]).
     pub fn with_sequencer(limits: Limits, seq: Sequencer) -> Self {
-        FrameDecoder { limits, state: State::Preamble, seq, failed: None }
+        FrameDecoder { limits, state: State::Preamble, seq, failed: None, skips_left: 0, skipped: false }
     }
 
     /// Charges the names the decoder remembers to `budget` as well (see
@@ -101,12 +105,31 @@ impl FrameDecoder {
         self.sticky(src)
     }
 
-    /// Runs one step, remembering an error so that it ends the object.
+    /// Lets up to `max` chunks whose payload CRC fails be skipped instead of
+    /// ending the object (SPEC.md §3.2 rule 3: the header was intact, so the
+    /// chunk's item and offset are trustworthy and that range may be fetched
+    /// again, §8.4). Each one is returned as its
+    /// [`DecodeError::PayloadChecksum`], after which decoding goes on with
+    /// the next frame. The chunk's bytes are never handed out, and the
+    /// sequencer does not see it: give it one that allows gaps
+    /// ([`Sequencer::allowing_gaps`]); the receiver must hold the item's end
+    /// until the range is fetched again.
+    pub fn skipping_damaged_chunks(mut self, max: u32) -> Self {
+        self.skips_left = max;
+        self
+    }
+
+    /// Runs one step, remembering an error so that it ends the object
+    /// (unless it was a skipped chunk).
     fn sticky<S: Source>(&mut self, src: &mut S) -> Result<Option<Frame>, DecodeError> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
-        self.step(src).inspect_err(|e| self.failed = Some(e.clone()))
+        self.step(src).inspect_err(|e| {
+            if !std::mem::take(&mut self.skipped) {
+                self.failed = Some(e.clone());
+            }
+        })
     }
 
     /// Decodes the next frame, or the fact that the stream ended (SPEC.md §7.5).
@@ -221,7 +244,18 @@ impl FrameDecoder {
                     }
                     let payload = src.split_payload(len);
                     self.state = State::Head;
-                    let frame = Frame::decode(head, payload, &self.limits)?;
+                    let frame = match Frame::decode(head, payload, &self.limits) {
+                        // SPEC.md §3.2 rule 3: a chunk with an intact header
+                        // and a damaged payload may be fetched again.
+                        Err(e @ DecodeError::PayloadChecksum { .. })
+                            if head.kind == super::FrameKind::Chunk && self.skips_left > 0 =>
+                        {
+                            self.skips_left -= 1;
+                            self.skipped = true;
+                            return Err(e);
+                        }
+                        other => other?,
+                    };
                     if let SequencerEvent::ObjectDone | SequencerEvent::Aborted = self.seq.handle_frame(&frame)? {
                         self.state = State::Done;
                     }
@@ -324,6 +358,65 @@ mod tests {
         let mut bytes = object_bytes(&two_tensors());
         bytes[4..6].copy_from_slice(&(VERSION + 1).to_le_bytes());
         assert_eq!(decode_all(bytes, Sequencer::new(Limits::default())).1, Err(DecodeError::UnsupportedVersion(2)));
+    }
+
+    /// Bytes of `two_tensors()` with the first chunk's payload damaged, and
+    /// that chunk's (item, offset).
+    fn damaged_first_chunk() -> (BytesMut, Vec<Frame>) {
+        let frames = two_tensors();
+        let at = object_bytes(&frames[..2]).len() + HEADER_LEN;
+        let mut bytes = object_bytes(&frames);
+        bytes[at] ^= 1;
+        (bytes, frames)
+    }
+
+    fn decode_skipping(mut buf: BytesMut, max: u32) -> Vec<Result<Frame, DecodeError>> {
+        let seq = Sequencer::new(Limits::default()).allowing_gaps();
+        let mut dec = FrameDecoder::with_sequencer(Limits::default(), seq).skipping_damaged_chunks(max);
+        let mut out = Vec::new();
+        for _ in 0..64 {
+            match dec.decode_frame_eof(&mut buf) {
+                Ok(Some(f)) => out.push(Ok(f)),
+                Ok(None) => break,
+                Err(e) => out.push(Err(e)),
+            }
+            if matches!(out.last(), Some(Err(e)) if !e.is_retryable()) {
+                break;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn damaged_chunk_is_skipped_and_decoding_goes_on() {
+        let (bytes, frames) = damaged_first_chunk();
+        let got = decode_skipping(bytes, 1);
+        assert!(matches!(got[2], Err(DecodeError::PayloadChecksum { item: 0, offset: 0, .. })), "{:?}", got[2]);
+        let rest: Vec<Frame> = got.into_iter().filter_map(Result::ok).collect();
+        let mut want = frames.clone();
+        want.remove(2);
+        assert_eq!(rest, want, "every other frame, to the object end");
+    }
+
+    #[test]
+    fn damaged_chunk_ends_the_object_without_skips() {
+        let (bytes, _) = damaged_first_chunk();
+        let got = decode_skipping(bytes.clone(), 0);
+        assert!(matches!(got.last(), Some(Err(DecodeError::PayloadChecksum { .. }))));
+        // Sticky: the next call fails the same way.
+        let (frames, end) = decode_all(bytes, Sequencer::new(Limits::default()).allowing_gaps());
+        assert_eq!(frames.len(), 2);
+        assert!(matches!(end, Err(DecodeError::PayloadChecksum { .. })));
+    }
+
+    #[test]
+    fn damaged_header_is_never_skipped() {
+        let frames = two_tensors();
+        let at = object_bytes(&frames[..2]).len() + 1;
+        let mut bytes = object_bytes(&frames);
+        bytes[at] ^= 1;
+        let got = decode_skipping(bytes, 8);
+        assert!(matches!(got.last(), Some(Err(DecodeError::HeaderChecksum { .. }))), "{:?}", got.last());
     }
 
     #[test]

@@ -67,6 +67,10 @@ pub const HEADER_LEN: usize = 28;
 /// The item index carried by object-level frames (SPEC.md §3).
 pub const NO_ITEM: u32 = 0xFFFF_FFFF;
 
+/// The object-header metadata key that marks a file-mode object as a
+/// safetensors file (SPEC.md §5.1, value `"safetensors"`).
+pub const FORMAT_KEY: &str = "format";
+
 /// The MIME type of a framed object body (SPEC.md §8).
 pub const CONTENT_TYPE: &str = "application/vnd.tensorwire";
 

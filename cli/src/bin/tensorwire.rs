@@ -86,6 +86,9 @@ fn init_logs(level: Option<&str>, format: LogFormat) {
     };
 }
 
+// Parsed once per run: the size of the largest variant (`serve`'s flags)
+// costs nothing worth an indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Serve the files under a directory: GET and PUT /objects/{name}.
@@ -302,6 +305,11 @@ struct ServerBounds {
     /// data, so memory is bounded by --max-connections times this.
     #[arg(long)]
     max_push_window: Option<u32>,
+    /// Seconds a push that was cut off is kept (its temporary file and what
+    /// it verified) for the pusher to resume; 0 keeps none. Kept
+    /// pushes hold their place among --max-open-files.
+    #[arg(long, default_value_t = Config::default().upload_keep.as_secs() as u32)]
+    upload_keep: u32,
 }
 
 impl ServerBounds {
@@ -323,6 +331,7 @@ impl ServerBounds {
             max_pinned,
             max_push_window
         );
+        c.upload_keep = std::time::Duration::from_secs(self.upload_keep.into());
         c
     }
 }
@@ -817,7 +826,7 @@ async fn get(
     // A killed `get` run again resumes from the ledger beside FILE.part.
     opts.ledger = true;
     let mut resumed = 0;
-    if let (Output::File(path), GetMode::File) = (&output, mode) {
+    if let Output::File(path) = &output {
         if let Some(l) = tensorwire::recv::PartLedger::load(path) {
             resumed = l.chunks.iter().map(|c| c.2).sum();
             tracing::info!(file = %path.display(), verified_bytes = resumed, "resuming a transfer an earlier run left");
