@@ -153,6 +153,7 @@ async fn selected_tensors_read_only_the_ranges_they_lie_in() {
     assert!(read_bytes <= names.len() as u64 * 2 * MANIFEST_RANGE_BYTES, "{read_bytes} bytes for two small tensors");
     // Neither big tensor was read whole.
     assert!(read_bytes < 4 << 20);
+    assert!(object.bytes_read() < 4 << 20, "{} bytes read", object.bytes_read());
 }
 
 #[tokio::test]

@@ -62,6 +62,8 @@ struct Reader {
     key: Key,
     pin: Pin,
     manifest: Option<Manifest>,
+    /// Bytes of the object read so far (the probe included).
+    read: std::sync::atomic::AtomicU64,
 }
 
 impl Reader {
@@ -81,6 +83,7 @@ impl Reader {
             let key = self.key.to_string();
             return Err(StoreError::SizeMismatch { key, expected: r.end - r.start, actual: data.len() as u64 }.into());
         }
+        self.read.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
         if let Some(m) = &self.manifest {
             m.check_range(r.start, &data)?;
         }
@@ -173,7 +176,8 @@ impl StoreObject {
             }
         }
         let pin = Pin { e_tag: meta.e_tag, version: meta.version };
-        let reader = Arc::new(Reader { store, key, pin, manifest });
+        let read = std::sync::atomic::AtomicU64::new(prefix.len() as u64);
+        let reader = Arc::new(Reader { store, key, pin, manifest, read });
         let kind = match &reader.manifest {
             Some(m) => m.kind,
             None if prefix.starts_with(&MAGIC) => ObjectKind::Framed,
@@ -217,6 +221,12 @@ impl StoreObject {
     /// The object's length.
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// Bytes of the object read from the store so far, the first read
+    /// included: for a selected-tensor pull, far less than [`Self::size`].
+    pub fn bytes_read(&self) -> u64 {
+        self.reader.read.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// What the object holds.
