@@ -199,6 +199,12 @@ impl ManifestBuilder {
         self
     }
 
+    /// This builder's kind and granularity over what `other` recorded (for
+    /// a writer that learns what the object is only at its end).
+    pub fn resume_from(self, other: ManifestBuilder) -> Self {
+        ManifestBuilder { kind: self.kind, header_len: self.header_len, tensors: self.tensors, ..other }
+    }
+
     /// Appends the next bytes of the object.
     pub fn update(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
