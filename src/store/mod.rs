@@ -36,10 +36,12 @@
 //! let object = StoreObject::open(store, key, PullOptions::default()).await?;
 //! let mut tensors = object.tensors(Some(&["lm_head.weight".to_string()]))?;
 //! while let Some(t) = tensors.next().await {
-//!     println!("{}: {:?}", t?.name(), ());
+//!     let t = t?; // verified against the manifest before it is handed over
+//!     println!("{}: {:?} {:?}", t.name(), t.dtype(), t.shape());
 //! }
 //! # Ok(())
 //! # }
+//! # fn main() { let _ = f(); }
 //! ```
 
 #![forbid(unsafe_code)]

@@ -33,6 +33,7 @@ use crate::Error;
 /// let registry = Registry::new().with_source(Arc::new(StoreSource::new(store, prefix))).allow_push(Access::Anyone);
 /// Server::bind("127.0.0.1:7470", registry, Config::default()).await?.run().await
 /// # }
+/// # fn main() { let _ = f(); }
 /// ```
 #[derive(Debug, Clone)]
 pub struct StoreSource {
