@@ -197,17 +197,26 @@ impl StoreObject {
     /// Parses the safetensors header, reading the rest of a long one; with
     /// a manifest, the header must match its recorded layout.
     async fn layout(reader: &Arc<Reader>, prefix: Bytes, size: u64) -> Result<Layout, Error> {
-        let layout = match probe(&prefix, size)? {
-            Probe::Layout(l) => l,
+        let (head, layout) = match probe(&prefix, size)? {
+            Probe::Layout(l) => (prefix, l),
             Probe::NeedMore(n) => {
                 let (start, end) = reader.manifest.as_ref().map_or((0, n), |m| m.aligned(0, n));
                 let head = Arc::clone(reader).read(start..end).await?;
                 match probe(&head, size)? {
-                    Probe::Layout(l) => l,
+                    Probe::Layout(l) => (head, l),
                     Probe::NeedMore(_) => return Err(Error::Protocol("safetensors header longer than announced")),
                 }
             }
         };
+        // SPEC.md §11.3: the header's bytes match the manifest's CRC before
+        // anything in them (names, offsets, metadata) is used.
+        if let Some(expected) = reader.manifest.as_ref().and_then(|m| m.header_crc32) {
+            let bytes = head.get(..layout.header_len as usize).unwrap_or_default();
+            let actual = crate::wire::crc::checksum(bytes);
+            if actual != expected {
+                return Err(StoreError::RangeChecksum { offset: 0, len: layout.header_len, expected, actual }.into());
+            }
+        }
         // SPEC.md §11.3: the header read is checked against the manifest's
         // layout (the range CRCs check the same bytes when they are read).
         if let Some(m) = &reader.manifest {

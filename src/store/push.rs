@@ -68,9 +68,9 @@ pub async fn put_file(
     let streamer = FileStreamer::open(file.as_ref())?.with_chunk_size(part);
     let mut builder = ManifestBuilder::new(MANIFEST_RANGE_BYTES, ObjectKind::Raw);
     if streamer.safetensors_tensors().is_some() {
-        let layout = read_layout(file.as_ref(), streamer.len())?;
+        let (header, layout) = read_layout(file.as_ref(), streamer.len())?;
         builder = ManifestBuilder::new(MANIFEST_RANGE_BYTES, ObjectKind::Safetensors)
-            .with_tensors(layout.header_len, layout.tensors);
+            .with_tensors(&header[..layout.header_len as usize], layout.tensors);
     }
     // Chunk frames of `part` bytes are the parts: slices of the mapping.
     let parts = futures::stream::iter(streamer.frames()).filter_map(|f| {
@@ -138,8 +138,8 @@ fn part_size(options: &PushOptions) -> Result<usize, Error> {
     usize::try_from(options.part_size).map_err(|_| StoreError::Option("part size too large".into()).into())
 }
 
-/// A safetensors file's layout, from its header.
-fn read_layout(file: &Path, size: u64) -> Result<super::layout::Layout, Error> {
+/// A safetensors file's header bytes and layout.
+fn read_layout(file: &Path, size: u64) -> Result<(Vec<u8>, super::layout::Layout), Error> {
     use std::io::Read;
     let mut f = std::fs::File::open(file)?;
     let mut prefix = vec![0u8; 8];
@@ -149,7 +149,7 @@ fn read_layout(file: &Path, size: u64) -> Result<super::layout::Layout, Error> {
         f.read_exact(&mut prefix[8..])?;
     }
     match probe(&prefix, size)? {
-        Probe::Layout(l) => Ok(l),
+        Probe::Layout(l) => Ok((prefix, l)),
         Probe::NeedMore(_) => Err(Error::Protocol("safetensors header longer than announced")),
     }
 }
@@ -337,7 +337,7 @@ pub async fn put_frames(
         if kind == ObjectKind::Safetensors {
             // SPEC.md §8.3: a `.safetensors` push is stored only if valid.
             match probe(&st.prefix, out.len())? {
-                Probe::Layout(l) => out = out.with_tensors(l.header_len, l.tensors),
+                Probe::Layout(l) => out = out.with_tensors(&st.prefix[..l.header_len as usize], l.tensors),
                 Probe::NeedMore(_) => return Err(Error::Protocol("safetensors header longer than the push")),
             }
         }
