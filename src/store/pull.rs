@@ -284,7 +284,9 @@ impl StoreObject {
         let reader = Arc::clone(&self.reader);
         stream::iter(reads)
             .map(move |r| {
-                let task = tokio::spawn(Arc::clone(&reader).read(r.clone()));
+                // Aborted when dropped: a consumer that stops reading stops
+                // the reads in flight too.
+                let task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(Arc::clone(&reader).read(r.clone())));
                 async move {
                     let data = task.await.map_err(|e| Error::Io(std::io::Error::other(e)))??;
                     Ok((r, data))
