@@ -359,6 +359,19 @@ impl StoreObject {
         layout: &Layout,
         items: Option<&[String]>,
     ) -> Result<BoxStream<'static, Result<Tensor, Error>>, Error> {
+        let (wanted, reads) = self.tensor_reads(layout, items)?;
+        let state = Assembling { reads: self.fetch(reads).boxed(), last: None, wanted: wanted.into_iter() };
+        Ok(stream::try_unfold(state, Assembling::next).boxed())
+    }
+
+    /// The tensors asked for, and one read plan for them all: a range
+    /// shared by neighbours is read once (the next tensor starts where the
+    /// last read ended).
+    fn tensor_reads(
+        &self,
+        layout: &Layout,
+        items: Option<&[String]>,
+    ) -> Result<(Vec<TensorRange>, Vec<Range<u64>>), Error> {
         let wanted: Vec<TensorRange> = match items {
             None => layout.tensors.clone(),
             Some(names) => names
@@ -370,8 +383,6 @@ impl StoreObject {
                 })
                 .collect::<Result<_, _>>()?,
         };
-        // One read plan for all tensors: a range shared by neighbours is
-        // read once (the next tensor starts where the last read ended).
         let mut reads: Vec<Range<u64>> = Vec::new();
         for t in &wanted {
             let mut start = t.range[0];
@@ -384,8 +395,7 @@ impl StoreObject {
                 reads.extend(self.plan(start, t.range[1]));
             }
         }
-        let state = Assembling { reads: self.fetch(reads).boxed(), last: None, wanted: wanted.into_iter() };
-        Ok(stream::try_unfold(state, Assembling::next).boxed())
+        Ok((wanted, reads))
     }
 
     fn framed_tensors(&self, items: Option<&[String]>) -> BoxStream<'static, Result<Tensor, Error>> {
@@ -449,6 +459,9 @@ impl StoreObject {
         if self.kind == ObjectKind::Framed && items.is_none() && quantize.is_none() {
             return Ok(self.framed_frames());
         }
+        if let (Some(layout), None) = (&self.layout, quantize) {
+            return self.raw_container_frames(layout, name, items, chunk);
+        }
         let tensors = self.tensors(items)?;
         let mut streamer = ContainerStreamer::from_tensors(name, tensors).with_chunk_size(chunk);
         if let Some(scheme) = quantize {
@@ -483,6 +496,42 @@ impl StoreObject {
             f => f,
         });
         Ok(frames.boxed())
+    }
+
+    /// A safetensors object's tensors as container frames whose chunks are
+    /// slices of the verified reads: no tensor is assembled, so memory is
+    /// the reads in flight whatever the tensors' sizes.
+    fn raw_container_frames(
+        &self,
+        layout: &Layout,
+        name: &str,
+        items: Option<&[String]>,
+        chunk: usize,
+    ) -> Result<BoxStream<'static, Result<Frame, Error>>, Error> {
+        let (wanted, reads) = self.tensor_reads(layout, items)?;
+        let index = wanted
+            .iter()
+            .map(|t| Ok(IndexEntry { name: t.name.clone(), dtype: Dtype::parse(&t.dtype)?, shape: t.shape.clone() }))
+            .collect::<Result<Vec<_>, Error>>()?;
+        let mut header = ObjectHeader::new(name, Mode::Container).with_items(index.len() as u64);
+        header.total_len = Some(wanted.iter().map(|t| t.range[1] - t.range[0]).sum());
+        header.chunk_size = u32::try_from(chunk).unwrap_or(u32::MAX);
+        header.index = Some(index);
+        for (k, v) in &layout.metadata {
+            header.metadata.insert(format!("safetensors.{k}"), v.clone());
+        }
+        let state = Framing {
+            enc: ObjectEncoder::new(),
+            header: Some(header),
+            reads: self.fetch(reads).boxed(),
+            last: None,
+            wanted: wanted.into_iter(),
+            open: None,
+            chunk: chunk.max(1),
+            done: false,
+        };
+        let batches = stream::try_unfold(state, Framing::next);
+        Ok(batches.map_ok(|b| stream::iter(b.into_iter().map(Ok))).try_flatten().boxed())
     }
 
     /// The object as a file-mode tensorwire object (SPEC.md §5.1), as a
@@ -553,40 +602,115 @@ impl Assembling {
     async fn next(mut self) -> Result<Option<(Tensor, Self)>, Error> {
         let Some(t) = self.wanted.next() else { return Ok(None) };
         let [start, end] = t.range;
-        let mut parts: Vec<Bytes> = Vec::new();
+        // A tensor inside one read is a slice of it (no copy); a longer one
+        // is copied read by read, each read dropped once copied.
+        let mut one: Option<Bytes> = None;
+        let mut many: Vec<u8> = Vec::new();
         let mut at = start;
+        let mut add = |piece: Bytes, at: u64| {
+            if at == start && at + piece.len() as u64 == end {
+                one = Some(piece);
+            } else {
+                many.extend_from_slice(&piece);
+            }
+        };
         if let Some((from, data)) = &self.last {
             if *from <= at && at < from + data.len() as u64 {
                 let stop = (from + data.len() as u64).min(end);
-                parts.push(data.slice((at - from) as usize..(stop - from) as usize));
+                add(data.slice((at - from) as usize..(stop - from) as usize), at);
                 at = stop;
             }
         }
         while at < end {
-            let (r, data) = self.reads.try_next().await?.ok_or(Error::Protocol("reads ended inside a tensor"))?;
-            // The plan reads each tensor's bytes in order from `at`.
-            if !(r.start <= at && at < r.end) {
-                return Err(Error::Protocol("a read out of order"));
-            }
+            let (r, data) = next_read(&mut self.reads, at).await?;
             let stop = r.end.min(end);
-            parts.push(data.slice((at - r.start) as usize..(stop - r.start) as usize));
+            add(data.slice((at - r.start) as usize..(stop - r.start) as usize), at);
             at = stop;
             self.last = Some((r.start, data));
         }
-        let data = match parts.len() {
-            // A tensor inside one read is a slice of it: no copy.
-            0 => Bytes::new(),
-            1 => parts.pop().unwrap_or_default(),
-            _ => {
-                let mut v = Vec::with_capacity(parts.iter().map(Bytes::len).sum());
-                for p in &parts {
-                    v.extend_from_slice(p);
-                }
-                Bytes::from(v)
-            }
-        };
+        let data = one.unwrap_or_else(|| Bytes::from(many));
         let tensor = Tensor::new(t.name, Dtype::parse(&t.dtype)?, t.shape, data)?;
         Ok(Some((tensor, self)))
+    }
+}
+
+/// The next read, which must hold byte `at` (the plan reads each tensor's
+/// bytes in order).
+async fn next_read(
+    reads: &mut BoxStream<'static, Result<(Range<u64>, Bytes), Error>>,
+    at: u64,
+) -> Result<(Range<u64>, Bytes), Error> {
+    let (r, data) = reads.try_next().await?.ok_or(Error::Protocol("reads ended inside a tensor"))?;
+    if !(r.start <= at && at < r.end) {
+        return Err(Error::Protocol("a read out of order"));
+    }
+    Ok((r, data))
+}
+
+/// Container frames cut from the reads, a batch at a time.
+struct Framing {
+    enc: ObjectEncoder,
+    header: Option<ObjectHeader>,
+    reads: BoxStream<'static, Result<(Range<u64>, Bytes), Error>>,
+    last: Option<(u64, Bytes)>,
+    wanted: std::vec::IntoIter<TensorRange>,
+    /// The open tensor: the next byte to send, and its end.
+    open: Option<(u64, u64)>,
+    chunk: usize,
+    done: bool,
+}
+
+impl Framing {
+    async fn next(mut self) -> Result<Option<(Vec<Frame>, Self)>, Error> {
+        if let Some(h) = self.header.take() {
+            return Ok(Some((vec![self.enc.object_header(h)?], self)));
+        }
+        if self.done {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        match self.open {
+            None => match self.wanted.next() {
+                Some(t) => {
+                    let [start, end] = t.range;
+                    out.push(self.enc.item_header(ItemHeader::tensor(0, t.name, Dtype::parse(&t.dtype)?, t.shape))?);
+                    let mut at = start;
+                    // The tail of the last read may start this tensor.
+                    if let Some((from, data)) = &self.last {
+                        if *from <= at && at < from + data.len() as u64 {
+                            let stop = (from + data.len() as u64).min(end);
+                            let piece = data.slice((at - from) as usize..(stop - from) as usize);
+                            self.chunks(piece, &mut out)?;
+                            at = stop;
+                        }
+                    }
+                    self.open = Some((at, end));
+                }
+                None => {
+                    self.done = true;
+                    out.push(self.enc.object_end()?);
+                }
+            },
+            Some((at, end)) if at >= end => {
+                self.open = None;
+                out.push(self.enc.item_end()?);
+            }
+            Some((at, end)) => {
+                let (r, data) = next_read(&mut self.reads, at).await?;
+                let stop = r.end.min(end);
+                self.chunks(data.slice((at - r.start) as usize..(stop - r.start) as usize), &mut out)?;
+                self.open = Some((stop, end));
+                self.last = Some((r.start, data));
+            }
+        }
+        Ok(Some((out, self)))
+    }
+
+    fn chunks(&mut self, piece: Bytes, out: &mut Vec<Frame>) -> Result<(), Error> {
+        for at in (0..piece.len()).step_by(self.chunk) {
+            out.push(self.enc.chunk(piece.slice(at..(at + self.chunk).min(piece.len())))?);
+        }
+        Ok(())
     }
 }
 
