@@ -7,6 +7,9 @@
 //!     [--max-connections N ...]                         bounds on what peers may hold (README "Security")
 //! tensorwire get URL -o FILE [--ca CA.pem] [--cert C.pem --key K.pem]   pull an object into FILE
 //! tensorwire put FILE URL [--ca CA.pem] [--cert C.pem --key K.pem]      push FILE as an object
+//! tensorwire get s3://BUCKET/KEY -o FILE [--endpoint URL] [--mode container [--items a,b]]   pull from a store
+//! tensorwire put FILE s3://BUCKET/KEY [--endpoint URL] [--mode container [--quantize nf4]]  push into a store
+//! tensorwire serve --store s3://BUCKET[/PREFIX] [--endpoint URL] [--allow-push]   serve objects held in a store
 //! tensorwire inspect FILE                               summarize a safetensors file
 //! tensorwire frames OBJECT                              decode and verify a framed object body
 //! ```
@@ -36,6 +39,8 @@ use tokio_util::sync::CancellationToken;
 mod exit;
 #[path = "tensorwire/nonfinite.rs"]
 mod nonfinite;
+#[path = "tensorwire/store.rs"]
+mod store;
 #[path = "tensorwire/target.rs"]
 mod target;
 
@@ -95,8 +100,8 @@ enum Command {
     /// Read-only unless --allow-push is given.
     Serve {
         /// The directory to serve; nothing outside it is ever read or written.
-        #[arg(long)]
-        root: PathBuf,
+        #[arg(long, required_unless_present = "store")]
+        root: Option<PathBuf>,
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:7470")]
         addr: String,
@@ -116,11 +121,14 @@ enum Command {
         tuning: Tuning,
         #[command(flatten)]
         bounds: ServerBounds,
+        #[command(flatten)]
+        store: Box<store::StoreServe>,
     },
     /// Pull an object into a file (written as FILE.part, renamed when verified).
     Get {
         /// [http://|https://]HOST[:PORT]/objects/NAME[?mode=..&items=..&quantize=..&chunk_size=..]
-        /// (no scheme means http://)
+        /// (no scheme means http://), or an object store: s3://BUCKET/KEY,
+        /// file:///DIR/KEY (README "Object storage")
         url: String,
         /// The file to write; `-` for standard output (file mode); an
         /// existing directory to write the object's name inside it.
@@ -157,12 +165,15 @@ enum Command {
         tuning: Tuning,
         #[command(flatten)]
         retry: Retry,
+        #[command(flatten)]
+        store: store::StoreGet,
     },
     /// Push a file as an object.
     Put {
         /// The file to send.
         file: PathBuf,
-        /// [http://|https://]HOST[:PORT]/objects/NAME (no scheme means http://)
+        /// [http://|https://]HOST[:PORT]/objects/NAME (no scheme means
+        /// http://), or an object store: s3://BUCKET/KEY, file:///DIR/KEY
         url: String,
         #[command(flatten)]
         report: Report,
@@ -172,6 +183,8 @@ enum Command {
         tuning: Tuning,
         #[command(flatten)]
         retry: Retry,
+        #[command(flatten)]
+        store: store::StorePut,
     },
     /// Summarize a safetensors file: tensors, dtypes, shapes, bytes.
     Inspect {
@@ -566,8 +579,13 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Serve { root, addr, read_only, drain_timeout, access, tls, tuning, bounds } => {
+        Command::Serve { root, addr, read_only, drain_timeout, access, tls, tuning, bounds, store } => {
             let config = bounds.apply(tuning.config());
+            let root = match (store.registry()?, root) {
+                (Some(registry), _) => Served::Store(Box::new(registry), store.store.clone().unwrap_or_default()),
+                (None, Some(root)) => Served::Root(root),
+                (None, None) => return Err(Failure::usage("say what to serve: --root DIR or --store URL")),
+            };
             serve(root, addr, read_only, Duration::from_secs(drain_timeout), &access, &tls, config).await
         }
         Command::Get {
@@ -582,14 +600,27 @@ async fn run(command: Command) -> Result<(), Failure> {
             tls,
             tuning,
             retry,
+            store,
         } => {
+            if tensorwire::store::is_store_url(&url) {
+                let req = store::StoreGetRequest { url, output, remote_name, mode, items, quantize, keep_subnormals };
+                return store::get(req, &store, &report).await;
+            }
             let target = target::parse_url(&url)?;
             let output = target::resolve_output(output.as_deref(), remote_name, &target.name)?;
             let config = retry.apply(tuning.config())?;
             get(GetRequest { target, output, mode, items, quantize, keep_subnormals }, report, &tls, &tuning, config)
                 .await
         }
-        Command::Put { file, url, report, tls, tuning, retry } => {
+        Command::Put { file, url, report, tls, tuning, retry, store } => {
+            if tensorwire::store::is_store_url(&url) {
+                return store::put(&file, &url, &store, &report).await;
+            }
+            if store.store_only_flags() {
+                return Err(Failure::usage(format!(
+                    "{url}: --mode and --quantize on put need an s3:// or file:// URL"
+                )));
+            }
             put(file, &url, report, &tls, retry.apply(tuning.config())?).await
         }
         Command::Inspect { file } => inspect(file),
@@ -617,8 +648,14 @@ async fn signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// What `serve` serves: a directory, or a store (README "Object storage").
+enum Served {
+    Root(PathBuf),
+    Store(Box<Registry>, String),
+}
+
 async fn serve(
-    root: PathBuf,
+    root: Served,
     addr: String,
     read_only: bool,
     drain: Duration,
@@ -629,7 +666,13 @@ async fn serve(
     let (push, get) = access.access().map_err(|e| Failure::usage(e.to_string()))?;
     // --read-only wins over --allow-push (scripts that said it keep their meaning).
     let push = if read_only { Access::Nobody } else { push };
-    let registry = Registry::root(&root).map_err(|e| Failure::usage(format!("{}: {e}", root.display())))?;
+    let (registry, shown) = match root {
+        Served::Root(root) => {
+            let registry = Registry::root(&root).map_err(|e| Failure::usage(format!("{}: {e}", root.display())))?;
+            (registry, root.display().to_string())
+        }
+        Served::Store(registry, url) => (*registry, url),
+    };
     let registry = registry.allow_push(push.clone()).allow_get(get.clone());
     config.server_tls = tls.config().map_err(|e| Failure::usage(e.to_string()))?;
     if let Some(n) = access.max_connections_per_identity {
@@ -649,7 +692,7 @@ async fn serve(
     });
     let server = Server::bind(&addr, registry, config).await.map_err(|e| Failure::usage(format!("{addr}: {e}")))?;
     let server = server.with_events(log);
-    eprintln!("tensorwire: serving {} on {scheme}://{}/objects/", root.display(), server.local_addr()?);
+    eprintln!("tensorwire: serving {shown} on {scheme}://{}/objects/", server.local_addr()?);
     let mode = if mutual {
         "mutual TLS"
     } else if scheme == "https" {

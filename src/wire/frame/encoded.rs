@@ -3,7 +3,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-/// An encoded frame as two buffers (see [`Frame::into_buf`](super::Frame::into_buf)(super::Frame::into_buf)).
+/// An encoded frame as two buffers (see [`Frame::into_buf`](super::Frame::into_buf)).
 #[derive(Debug, Clone, Default)]
 pub struct EncodedFrame {
     head: Bytes,
@@ -19,6 +19,11 @@ impl EncodedFrame {
     /// Encoded bytes in two parts: `head` first, then `body`.
     pub fn from_parts(head: Bytes, body: Bytes) -> Self {
         EncodedFrame { head, body }
+    }
+
+    /// The two parts, `head` then `body` (a chunk's payload, uncopied).
+    pub fn into_parts(self) -> (Bytes, Bytes) {
+        (self.head, self.body)
     }
 
     /// Splits off the first `n` bytes (at most [`Buf::remaining`]), without
