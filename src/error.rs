@@ -121,6 +121,10 @@ pub enum Error {
         /// Who asked (address and verified identity, if any).
         peer: String,
     },
+    /// An object-store transfer failed (feature `store`).
+    #[cfg(feature = "store")]
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     /// The peer aborted the transfer (SPEC.md §4.6).
     #[error("aborted by peer ({code}): {message}")]
     Aborted {

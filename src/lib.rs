@@ -36,6 +36,10 @@
 //!   rules for who may pull and push what; adaptive receive windows
 //!   ([`transport::BdpEstimator`]), keep-alive, retries and resume with a
 //!   typed [`transport::ObjectRequest`] (SPEC.md §8.4).
+//! * `store` (feature `store`, on with `cli`) — object storage (S3 and
+//!   S3-compatible stores, local directories) as a source and a sink,
+//!   through the `object_store` crate: lazy ranged pulls verified against a
+//!   sidecar manifest, multipart pushes (SPEC.md §11).
 //! * [`Error`] — the public error, grouped by origin, with
 //!   [`Error::is_retryable`].
 //!
@@ -95,6 +99,8 @@ pub mod models;
 pub mod quant;
 pub mod recv;
 pub mod send;
+#[cfg(feature = "store")]
+pub mod store;
 pub mod tensor;
 pub mod transport;
 pub mod wire;

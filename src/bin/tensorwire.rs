@@ -7,6 +7,8 @@
 //!     [--max-connections N ...]                         bounds on what peers may hold (README "Security")
 //! tensorwire get URL -o FILE [--ca CA.pem] [--cert C.pem --key K.pem]   pull an object into FILE
 //! tensorwire put FILE URL [--ca CA.pem] [--cert C.pem --key K.pem]      push FILE as an object
+//! tensorwire get s3://BUCKET/KEY -o FILE [--endpoint URL] [--mode container [--items a,b]]   pull from a store
+//! tensorwire put FILE s3://BUCKET/KEY [--endpoint URL] [--mode container [--quantize nf4]]  push into a store
 //! tensorwire inspect FILE                               summarize a safetensors file
 //! tensorwire frames OBJECT                              decode and verify a framed object body
 //! ```
@@ -36,6 +38,8 @@ use tokio_util::sync::CancellationToken;
 mod exit;
 #[path = "tensorwire/nonfinite.rs"]
 mod nonfinite;
+#[path = "tensorwire/store.rs"]
+mod store;
 #[path = "tensorwire/target.rs"]
 mod target;
 
@@ -117,7 +121,8 @@ enum Command {
     /// Pull an object into a file (written as FILE.part, renamed when verified).
     Get {
         /// [http://|https://]HOST[:PORT]/objects/NAME[?mode=..&items=..&quantize=..&chunk_size=..]
-        /// (no scheme means http://)
+        /// (no scheme means http://), or an object store: s3://BUCKET/KEY,
+        /// file:///DIR/KEY (README "Object storage")
         url: String,
         /// The file to write; `-` for standard output (file mode); an
         /// existing directory to write the object's name inside it.
@@ -154,12 +159,15 @@ enum Command {
         tuning: Tuning,
         #[command(flatten)]
         retry: Retry,
+        #[command(flatten)]
+        store: store::StoreGet,
     },
     /// Push a file as an object.
     Put {
         /// The file to send.
         file: PathBuf,
-        /// [http://|https://]HOST[:PORT]/objects/NAME (no scheme means http://)
+        /// [http://|https://]HOST[:PORT]/objects/NAME (no scheme means
+        /// http://), or an object store: s3://BUCKET/KEY, file:///DIR/KEY
         url: String,
         #[command(flatten)]
         report: Report,
@@ -169,6 +177,8 @@ enum Command {
         tuning: Tuning,
         #[command(flatten)]
         retry: Retry,
+        #[command(flatten)]
+        store: store::StorePut,
     },
     /// Summarize a safetensors file: tensors, dtypes, shapes, bytes.
     Inspect {
@@ -573,14 +583,27 @@ async fn run(command: Command) -> Result<(), Failure> {
             tls,
             tuning,
             retry,
+            store,
         } => {
+            if tensorwire::store::is_store_url(&url) {
+                let req = store::StoreGetRequest { url, output, remote_name, mode, items, quantize, keep_subnormals };
+                return store::get(req, &store, &report).await;
+            }
             let target = target::parse_url(&url)?;
             let output = target::resolve_output(output.as_deref(), remote_name, &target.name)?;
             let config = retry.apply(tuning.config())?;
             get(GetRequest { target, output, mode, items, quantize, keep_subnormals }, report, &tls, &tuning, config)
                 .await
         }
-        Command::Put { file, url, report, tls, tuning, retry } => {
+        Command::Put { file, url, report, tls, tuning, retry, store } => {
+            if tensorwire::store::is_store_url(&url) {
+                return store::put(&file, &url, &store, &report).await;
+            }
+            if store.store_only_flags() {
+                return Err(Failure::usage(format!(
+                    "{url}: --mode and --quantize on put need an s3:// or file:// URL"
+                )));
+            }
             put(file, &url, report, &tls, retry.apply(tuning.config())?).await
         }
         Command::Inspect { file } => inspect(file),

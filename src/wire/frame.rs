@@ -180,6 +180,11 @@ impl EncodedFrame {
         EncodedFrame { head, body }
     }
 
+    /// The two parts, `head` then `body` (a chunk's payload, uncopied).
+    pub fn into_parts(self) -> (Bytes, Bytes) {
+        (self.head, self.body)
+    }
+
     /// Splits off the first `n` bytes (at most [`Buf::remaining`]), without
     /// copying either part.
     pub fn split_to(&mut self, n: usize) -> EncodedFrame {

@@ -119,6 +119,7 @@ pub(crate) fn classify(e: &Error) -> u8 {
         Error::Aborted { code, .. } if *code == AbortCode::NOT_FOUND => REFUSED,
         Error::Aborted { .. } => SERVER,
         Error::Http(_) | Error::Timeout(_) => CONNECTION,
+        Error::Store(e) => super::store::classify(e),
         Error::Io(io) => match io.kind() {
             ConnectionRefused | ConnectionReset | ConnectionAborted | NotConnected | AddrNotAvailable | AddrInUse
             | TimedOut | BrokenPipe | UnexpectedEof | HostUnreachable | NetworkUnreachable => CONNECTION,
