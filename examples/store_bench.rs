@@ -151,15 +151,24 @@ fn main() {
         args.concurrency,
         args.range_size >> 20
     );
-    println!("| side | MiB/s | vs object_store | peak RSS (MiB) |");
+    println!("| side | MiB/s median (min..max) | vs object_store | peak RSS (MiB) |");
     println!("|---|---:|---:|---:|");
     let mut rates = [0.0f64; 4];
     for (i, side) in SIDES.iter().enumerate() {
         let mut secs: Vec<f64> = results[i].iter().map(|r| r.0).collect();
         let mut hwm: Vec<f64> = results[i].iter().map(|r| r.1 as f64).collect();
+        let (fastest, slowest) = secs.iter().fold((f64::MAX, 0.0f64), |(a, b), &s| (a.min(s), b.max(s)));
         rates[i] = mib / median(&mut secs);
         let base = if i < 2 { rates[0] } else { rates[2] };
-        println!("| {} | {:.0} | {:.2}× | {:.0} |", label(side), rates[i], rates[i] / base, median(&mut hwm) / 1024.0);
+        println!(
+            "| {} | {:.0} ({:.0}..{:.0}) | {:.2}× | {:.0} |",
+            label(side),
+            rates[i],
+            mib / slowest,
+            mib / fastest,
+            rates[i] / base,
+            median(&mut hwm) / 1024.0
+        );
     }
     if let Some(pid) = g.nodes[0].pid() {
         println!("\nGarage node peak RSS: {} MiB", hwm_kib(&format!("/proc/{pid}/status")) / 1024);
