@@ -744,6 +744,11 @@ fn three_node_cluster_loses_a_node_mid_pull_and_the_pull_completes_verified() {
     let after: Vec<_> = proxy.requests().into_iter().skip(before + 1).collect();
     assert!(!after.is_empty(), "the pull went on after the stop");
     assert!(after.iter().all(|r| r.upstream != victim), "no request reached the stopped node: {after:?}");
+    println!(
+        "node {victim} stopped after {before} requests; {} more went to the other nodes ({} connections in all)",
+        after.len() + 1,
+        proxy.connections()
+    );
 }
 
 #[test]
@@ -759,4 +764,43 @@ fn the_orphan_check_counts_an_unfinished_multipart_upload() {
     drop(upload);
     assert_eq!(g.unfinished_uploads(), 1);
     assert_eq!(g.unfinished_uploads(), 0);
+}
+
+/// The same CLI round trips and corruption check against a local-directory
+/// store (`file:///DIR/KEY`): no Garage needed, so this one always runs.
+#[test]
+fn the_cli_round_trips_and_detects_a_flipped_byte_in_a_local_directory_store() {
+    let dir = common::TempDir::new("local-store");
+    let (file, data) = model(&[("a", 300_000), ("b", 700_000)], 8);
+    let src = dir.file("m.safetensors", &file);
+    let root = dir.join("store");
+    std::fs::create_dir_all(&root).expect("mkdir store");
+    let url = format!("file://{}/models/m.safetensors", root.display());
+    let run = |args: &[&OsStr]| Command::new(BIN).args(args).stdin(Stdio::null()).output().expect("run tensorwire");
+    let ok = |args: &[&OsStr]| {
+        let out = run(args);
+        assert!(out.status.success(), "tensorwire {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    ok(args![OsStr::new("put"), src.as_os_str(), OsStr::new(&url)]);
+    assert!(root.join("models/m.safetensors.tw.json").is_file(), "the sidecar manifest is stored");
+    let out = dir.join("file.safetensors");
+    ok(args![OsStr::new("get"), OsStr::new(&url), "-o", out.as_os_str()]);
+    assert_eq!(std::fs::read(&out).expect("read"), file);
+    let sel = dir.join("sel.safetensors");
+    ok(args![OsStr::new("get"), OsStr::new(&url), "--mode", "container", "--items", "b", "-o", sel.as_os_str()]);
+    let got = tensors_of(&std::fs::read(&sel).expect("read"));
+    assert_eq!((got.len(), &got[0].3), (1, &data[1].1));
+
+    // One bit flipped in the stored object, manifest kept.
+    let stored = root.join("models/m.safetensors");
+    let mut bad = std::fs::read(&stored).expect("read stored");
+    let at = bad.len() - 5;
+    bad[at] ^= 0x01;
+    std::fs::write(&stored, bad).expect("overwrite");
+    for mode in ["file", "container"] {
+        let out = dir.join(&format!("bad-{mode}.safetensors"));
+        let got = run(args![OsStr::new("get"), OsStr::new(&url), "--mode", mode, "-o", out.as_os_str()]);
+        assert_eq!(got.status.code(), Some(4), "{mode}: {}", String::from_utf8_lossy(&got.stderr));
+        assert!(!out.exists(), "{mode}: no file under the final name");
+    }
 }
