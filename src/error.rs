@@ -124,7 +124,7 @@ pub enum Error {
     /// An object-store transfer failed (feature `store`).
     #[cfg(feature = "store")]
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] StoreError),
     /// The peer aborted the transfer (SPEC.md §4.6).
     #[error("aborted by peer ({code}): {message}")]
     Aborted {
@@ -265,4 +265,110 @@ pub enum RequestError {
         /// What is wrong.
         reason: &'static str,
     },
+}
+
+/// Why an object-store transfer failed (feature `store`, `tensorwire::store`).
+#[cfg(feature = "store")]
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store failed the request (network, credentials, a missing
+    /// bucket, a refused upload).
+    #[error("store: {0}")]
+    Backend(#[source] object_store::Error),
+    /// No object under this key.
+    #[error("no object {key:?} in the store")]
+    NotFound {
+        /// The key.
+        key: String,
+    },
+    /// The object changed while it was being read (its ETag or version
+    /// differs from the first read's, or from the manifest's): the pull
+    /// stops rather than mix versions.
+    #[error("object {key:?} changed while it was read ({detail})")]
+    Changed {
+        /// The key.
+        key: String,
+        /// What differed.
+        detail: String,
+    },
+    /// A range's bytes do not match the manifest's CRC.
+    #[error("bytes {offset}..+{len} fail their checksum (expected {expected:#010x}, got {actual:#010x})")]
+    RangeChecksum {
+        /// Where the range starts in the object.
+        offset: u64,
+        /// Its length.
+        len: u64,
+        /// The manifest's CRC-32.
+        expected: u32,
+        /// The CRC-32 of the bytes read.
+        actual: u32,
+    },
+    /// The whole object's CRC does not match the manifest's.
+    #[error("object {key:?} fails its checksum (expected {expected:#010x}, got {actual:#010x})")]
+    ObjectChecksum {
+        /// The key.
+        key: String,
+        /// The manifest's CRC-32.
+        expected: u32,
+        /// The CRC-32 of the bytes read.
+        actual: u32,
+    },
+    /// The object's length differs from what the manifest or the first read
+    /// said, or a read returned a different number of bytes than asked.
+    #[error("object {key:?}: {actual} bytes where {expected} were expected")]
+    SizeMismatch {
+        /// The key.
+        key: String,
+        /// What was expected.
+        expected: u64,
+        /// What the store gave.
+        actual: u64,
+    },
+    /// A read that does not fall on the manifest's range boundaries (a bug
+    /// in the caller, or a manifest with another granularity).
+    #[error("read {offset}..+{len} does not fall on {range_size}-byte ranges")]
+    Misaligned {
+        /// Where the read starts.
+        offset: u64,
+        /// Its length.
+        len: u64,
+        /// The manifest's granularity.
+        range_size: u64,
+    },
+    /// The manifest does not parse or does not fit its object.
+    #[error("manifest {key:?}: {reason}")]
+    Manifest {
+        /// The manifest's key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An option out of range (a part size below the store's minimum).
+    #[error("{0}")]
+    Option(String),
+    /// A URL that names no store this crate opens.
+    #[error("{url}: {reason}")]
+    Url {
+        /// The URL as given.
+        url: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+}
+
+#[cfg(feature = "store")]
+impl StoreError {
+    /// Whether the object failed a check (checksum, size, manifest, a
+    /// change between reads), as opposed to the store failing a request.
+    pub fn is_integrity(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Changed { .. }
+                | StoreError::RangeChecksum { .. }
+                | StoreError::ObjectChecksum { .. }
+                | StoreError::SizeMismatch { .. }
+                | StoreError::Manifest { .. }
+        )
+    }
 }

@@ -212,6 +212,26 @@ async fn a_corrupted_byte_is_detected_and_no_file_is_left() {
 }
 
 #[tokio::test]
+async fn a_corrupted_header_byte_is_detected_before_the_header_is_used() {
+    let (dir, store) = local("st-corrupt-head");
+    let src = TempDir::new("st-corrupt-head-src");
+    let file = safetensors_file(&model());
+    let key = Key::from("m.safetensors");
+    put_file(Arc::clone(&store), &key, src.file("m.safetensors", &file), &push_options()).await.expect("push");
+    // "pt" -> "pu" in `__metadata__`: still a valid header, with the same
+    // tensors, so only the header's CRC can tell.
+    let stored = dir.join("m.safetensors");
+    let mtime = std::fs::metadata(&stored).unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(&stored).unwrap();
+    let at = bytes.windows(4).position(|w| w == b"\"pt\"").expect("metadata value") + 2;
+    bytes[at] = b'u';
+    std::fs::write(&stored, &bytes).unwrap();
+    std::fs::File::options().write(true).open(&stored).unwrap().set_modified(mtime).unwrap();
+    let err = StoreObject::open(store, key, pull_options()).await.expect_err("header corruption detected");
+    assert!(matches!(err, Error::Store(StoreError::RangeChecksum { offset: 0, .. })), "{err:?}");
+}
+
+#[tokio::test]
 async fn an_object_changed_between_ranges_fails_instead_of_mixing_versions() {
     let (_dir, store) = local("st-changed");
     let src = TempDir::new("st-changed-src");

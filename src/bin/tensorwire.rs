@@ -9,6 +9,7 @@
 //! tensorwire put FILE URL [--ca CA.pem] [--cert C.pem --key K.pem]      push FILE as an object
 //! tensorwire get s3://BUCKET/KEY -o FILE [--endpoint URL] [--mode container [--items a,b]]   pull from a store
 //! tensorwire put FILE s3://BUCKET/KEY [--endpoint URL] [--mode container [--quantize nf4]]  push into a store
+//! tensorwire serve --store s3://BUCKET[/PREFIX] [--endpoint URL] [--allow-push]   serve objects held in a store
 //! tensorwire inspect FILE                               summarize a safetensors file
 //! tensorwire frames OBJECT                              decode and verify a framed object body
 //! ```
@@ -96,8 +97,8 @@ enum Command {
     /// Read-only unless --allow-push is given.
     Serve {
         /// The directory to serve; nothing outside it is ever read or written.
-        #[arg(long)]
-        root: PathBuf,
+        #[arg(long, required_unless_present = "store")]
+        root: Option<PathBuf>,
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:7470")]
         addr: String,
@@ -117,6 +118,8 @@ enum Command {
         tuning: Tuning,
         #[command(flatten)]
         bounds: ServerBounds,
+        #[command(flatten)]
+        store: Box<store::StoreServe>,
     },
     /// Pull an object into a file (written as FILE.part, renamed when verified).
     Get {
@@ -567,8 +570,13 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Serve { root, addr, read_only, drain_timeout, access, tls, tuning, bounds } => {
+        Command::Serve { root, addr, read_only, drain_timeout, access, tls, tuning, bounds, store } => {
             let config = bounds.apply(tuning.config());
+            let root = match (store.registry()?, root) {
+                (Some(registry), _) => Served::Store(Box::new(registry), store.store.clone().unwrap_or_default()),
+                (None, Some(root)) => Served::Root(root),
+                (None, None) => return Err(Failure::usage("say what to serve: --root DIR or --store URL")),
+            };
             serve(root, addr, read_only, Duration::from_secs(drain_timeout), &access, &tls, config).await
         }
         Command::Get {
@@ -631,8 +639,14 @@ async fn signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// What `serve` serves: a directory, or a store (README "Object storage").
+enum Served {
+    Root(PathBuf),
+    Store(Box<Registry>, String),
+}
+
 async fn serve(
-    root: PathBuf,
+    root: Served,
     addr: String,
     read_only: bool,
     drain: Duration,
@@ -643,7 +657,13 @@ async fn serve(
     let (push, get) = access.access().map_err(|e| Failure::usage(e.to_string()))?;
     // --read-only wins over --allow-push (scripts that said it keep their meaning).
     let push = if read_only { Access::Nobody } else { push };
-    let registry = Registry::root(&root).map_err(|e| Failure::usage(format!("{}: {e}", root.display())))?;
+    let (registry, shown) = match root {
+        Served::Root(root) => {
+            let registry = Registry::root(&root).map_err(|e| Failure::usage(format!("{}: {e}", root.display())))?;
+            (registry, root.display().to_string())
+        }
+        Served::Store(registry, url) => (*registry, url),
+    };
     let registry = registry.allow_push(push.clone()).allow_get(get.clone());
     config.server_tls = tls.config().map_err(|e| Failure::usage(e.to_string()))?;
     if let Some(n) = access.max_connections_per_identity {
@@ -663,7 +683,7 @@ async fn serve(
     });
     let server = Server::bind(&addr, registry, config).await.map_err(|e| Failure::usage(format!("{addr}: {e}")))?;
     let server = server.with_events(log);
-    eprintln!("tensorwire: serving {} on {scheme}://{}/objects/", root.display(), server.local_addr()?);
+    eprintln!("tensorwire: serving {shown} on {scheme}://{}/objects/", server.local_addr()?);
     let mode = if mutual {
         "mutual TLS"
     } else if scheme == "https" {

@@ -74,6 +74,10 @@ pub struct Manifest {
     /// each tensor's range.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header_len: Option<u64>,
+    /// For a safetensors object: the CRC-32 of its header (the first
+    /// `header_len` bytes), so the header read alone is verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_crc32: Option<u32>,
     /// See `header_len`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tensors: Option<Vec<TensorRange>>,
@@ -175,6 +179,7 @@ pub struct ManifestBuilder {
     open: Combined,
     whole: Combined,
     header_len: Option<u64>,
+    header_crc32: Option<u32>,
     tensors: Option<Vec<TensorRange>>,
 }
 
@@ -188,15 +193,30 @@ impl ManifestBuilder {
             open: Combined::new(),
             whole: Combined::new(),
             header_len: None,
+            header_crc32: None,
             tensors: None,
         }
     }
 
-    /// Records a safetensors object's header length and tensor ranges.
-    pub fn with_tensors(mut self, header_len: u64, tensors: Vec<TensorRange>) -> Self {
-        self.header_len = Some(header_len);
+    /// Records a safetensors object's header (its bytes, for their length
+    /// and CRC) and tensor ranges.
+    pub fn with_tensors(mut self, header: &[u8], tensors: Vec<TensorRange>) -> Self {
+        self.header_len = Some(header.len() as u64);
+        self.header_crc32 = Some(checksum(header));
         self.tensors = Some(tensors);
         self
+    }
+
+    /// This builder's kind and granularity over what `other` recorded (for
+    /// a writer that learns what the object is only at its end).
+    pub fn resume_from(self, other: ManifestBuilder) -> Self {
+        ManifestBuilder {
+            kind: self.kind,
+            header_len: self.header_len,
+            header_crc32: self.header_crc32,
+            tensors: self.tensors,
+            ..other
+        }
     }
 
     /// Appends the next bytes of the object.
@@ -239,6 +259,7 @@ impl ManifestBuilder {
             etag,
             object_version,
             header_len: self.header_len,
+            header_crc32: self.header_crc32,
             tensors: self.tensors,
         }
     }

@@ -18,6 +18,9 @@
 //!   parts are slices of the file's mapping (no copy), several in flight,
 //!   aborted on any failure or cancellation; the manifest `KEY.tw.json` is
 //!   written only after the data object completed.
+//! * [`StoreSource`] — a server in front of a store
+//!   (`Registry::with_source`): every mode of GET read lazily from the
+//!   store, PUT uploaded as it arrives and completed once verified.
 //!
 //! # Memory
 //!
@@ -33,10 +36,12 @@
 //! let object = StoreObject::open(store, key, PullOptions::default()).await?;
 //! let mut tensors = object.tensors(Some(&["lm_head.weight".to_string()]))?;
 //! while let Some(t) = tensors.next().await {
-//!     println!("{}: {:?}", t?.name(), ());
+//!     let t = t?; // verified against the manifest before it is handed over
+//!     println!("{}: {:?} {:?}", t.name(), t.dtype(), t.shape());
 //! }
 //! # Ok(())
 //! # }
+//! # fn main() { let _ = f(); }
 //! ```
 
 #![forbid(unsafe_code)]
@@ -45,13 +50,16 @@ mod layout;
 mod manifest;
 mod pull;
 mod push;
+mod serve;
 
 use std::sync::Arc;
 
+pub use crate::error::StoreError;
 pub use manifest::{Manifest, ManifestBuilder, ObjectKind, TensorRange, MANIFEST_VERSION, MAX_MANIFEST_BYTES};
 pub use object_store::{self, path::Path as Key, ObjectStore};
 pub use pull::{PullOptions, StoreObject, DEFAULT_CONCURRENCY, DEFAULT_RANGE_BYTES, PROBE_BYTES};
-pub use push::{put_container, put_file, PushOptions, Pushed, DEFAULT_PART_BYTES, MIN_PART_BYTES};
+pub use push::{put_container, put_file, put_frames, PushOptions, Pushed, DEFAULT_PART_BYTES, MIN_PART_BYTES};
+pub use serve::StoreSource;
 
 /// The granularity of a manifest's range CRCs that [`put_file`] and
 /// [`put_container`] record (1 MiB).
@@ -60,109 +68,7 @@ pub const MANIFEST_RANGE_BYTES: u64 = 1 << 20;
 /// The suffix of the sidecar manifest's key (SPEC.md §11.2).
 pub const MANIFEST_SUFFIX: &str = ".tw.json";
 
-/// Why an object-store transfer failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StoreError {
-    /// The store failed the request (network, credentials, a missing
-    /// bucket, a refused upload).
-    #[error("store: {0}")]
-    Backend(#[source] object_store::Error),
-    /// No object under this key.
-    #[error("no object {key:?} in the store")]
-    NotFound {
-        /// The key.
-        key: String,
-    },
-    /// The object changed while it was being read (its ETag or version
-    /// differs from the first read's, or from the manifest's): the pull
-    /// stops rather than mix versions.
-    #[error("object {key:?} changed while it was read ({detail})")]
-    Changed {
-        /// The key.
-        key: String,
-        /// What differed.
-        detail: String,
-    },
-    /// A range's bytes do not match the manifest's CRC.
-    #[error("bytes {offset}..+{len} fail their checksum (expected {expected:#010x}, got {actual:#010x})")]
-    RangeChecksum {
-        /// Where the range starts in the object.
-        offset: u64,
-        /// Its length.
-        len: u64,
-        /// The manifest's CRC-32.
-        expected: u32,
-        /// The CRC-32 of the bytes read.
-        actual: u32,
-    },
-    /// The whole object's CRC does not match the manifest's.
-    #[error("object {key:?} fails its checksum (expected {expected:#010x}, got {actual:#010x})")]
-    ObjectChecksum {
-        /// The key.
-        key: String,
-        /// The manifest's CRC-32.
-        expected: u32,
-        /// The CRC-32 of the bytes read.
-        actual: u32,
-    },
-    /// The object's length differs from what the manifest or the first read
-    /// said, or a read returned a different number of bytes than asked.
-    #[error("object {key:?}: {actual} bytes where {expected} were expected")]
-    SizeMismatch {
-        /// The key.
-        key: String,
-        /// What was expected.
-        expected: u64,
-        /// What the store gave.
-        actual: u64,
-    },
-    /// A read that does not fall on the manifest's range boundaries (a bug
-    /// in the caller, or a manifest with another granularity).
-    #[error("read {offset}..+{len} does not fall on {range_size}-byte ranges")]
-    Misaligned {
-        /// Where the read starts.
-        offset: u64,
-        /// Its length.
-        len: u64,
-        /// The manifest's granularity.
-        range_size: u64,
-    },
-    /// The manifest does not parse or does not fit its object.
-    #[error("manifest {key:?}: {reason}")]
-    Manifest {
-        /// The manifest's key.
-        key: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// An option out of range (a part size below the store's minimum).
-    #[error("{0}")]
-    Option(String),
-    /// A URL that names no store this crate opens.
-    #[error("{url}: {reason}")]
-    Url {
-        /// The URL as given.
-        url: String,
-        /// What is wrong.
-        reason: &'static str,
-    },
-}
-
 impl StoreError {
-    /// Whether the object failed a check (checksum, size, manifest, a
-    /// change between reads), as opposed to the store failing a request.
-    pub fn is_integrity(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Changed { .. }
-                | StoreError::RangeChecksum { .. }
-                | StoreError::ObjectChecksum { .. }
-                | StoreError::SizeMismatch { .. }
-                | StoreError::Manifest { .. }
-        )
-    }
-
     /// Sorts an `object_store` error for `key`: a missing object, a failed
     /// `if-match` (the object changed), or a store failure.
     pub(crate) fn from_backend(key: &Key, e: object_store::Error) -> Self {
@@ -196,9 +102,28 @@ impl StoreError {
 /// [`StoreError::Url`] for another scheme, no bucket or no key;
 /// [`StoreError::Backend`] when the S3 configuration is incomplete.
 pub fn open_url(url: &str, endpoint: Option<&str>) -> Result<(Arc<dyn ObjectStore>, Key), crate::Error> {
+    open(url, endpoint, false)
+}
+
+/// Opens the store a URL names, and the prefix in it, which may be empty:
+/// `s3://BUCKET`, `s3://BUCKET/PREFIX`, `file:///DIR` (what a
+/// [`StoreSource`] serves).
+///
+/// # Errors
+///
+/// As [`open_url`].
+pub fn open_prefix(url: &str, endpoint: Option<&str>) -> Result<(Arc<dyn ObjectStore>, Key), crate::Error> {
+    open(url.trim_end_matches('/'), endpoint, true)
+}
+
+fn open(url: &str, endpoint: Option<&str>, prefix: bool) -> Result<(Arc<dyn ObjectStore>, Key), crate::Error> {
     let bad = |reason| StoreError::Url { url: url.to_string(), reason };
     if let Some(rest) = url.strip_prefix("s3://") {
-        let (bucket, key) = rest.split_once('/').ok_or_else(|| bad("no key after the bucket"))?;
+        let (bucket, key) = match rest.split_once('/') {
+            Some(split) => split,
+            None if prefix => (rest, ""),
+            None => return Err(bad("no key after the bucket").into()),
+        };
         if bucket.is_empty() {
             return Err(bad("no bucket").into());
         }
@@ -216,7 +141,7 @@ pub fn open_url(url: &str, endpoint: Option<&str>) -> Result<(Arc<dyn ObjectStor
             return Err(bad("a file:// URL needs an absolute path (file:///dir/key)").into());
         }
         let key = Key::parse(path.trim_start_matches('/')).map_err(|_| bad("not a valid path"))?;
-        if key.as_ref().is_empty() {
+        if key.as_ref().is_empty() && !prefix {
             return Err(bad("no key").into());
         }
         return Ok((Arc::new(object_store::local::LocalFileSystem::new()), key));

@@ -13,9 +13,12 @@ use super::layout::{probe, Layout, Probe};
 use super::{manifest_key, Key, Manifest, ObjectKind, StoreError, TensorRange, MAX_MANIFEST_BYTES};
 use crate::recv::{FileSink, ObjectRetriever};
 use crate::send::ContainerStreamer;
+use crate::send::FORMAT_KEY;
 use crate::tensor::{Dtype, Tensor};
 use crate::wire::crc::Combined;
-use crate::wire::{Frame, FrameDecoder, IndexEntry, Subnormals, MAGIC};
+use crate::wire::{
+    Frame, FrameDecoder, IndexEntry, ItemHeader, Mode, ObjectEncoder, ObjectHeader, Scheme, Subnormals, MAGIC,
+};
 use crate::Error;
 
 /// The first read of an object asks for this many bytes (64 KiB), enough
@@ -194,17 +197,26 @@ impl StoreObject {
     /// Parses the safetensors header, reading the rest of a long one; with
     /// a manifest, the header must match its recorded layout.
     async fn layout(reader: &Arc<Reader>, prefix: Bytes, size: u64) -> Result<Layout, Error> {
-        let layout = match probe(&prefix, size)? {
-            Probe::Layout(l) => l,
+        let (head, layout) = match probe(&prefix, size)? {
+            Probe::Layout(l) => (prefix, l),
             Probe::NeedMore(n) => {
                 let (start, end) = reader.manifest.as_ref().map_or((0, n), |m| m.aligned(0, n));
                 let head = Arc::clone(reader).read(start..end).await?;
                 match probe(&head, size)? {
-                    Probe::Layout(l) => l,
+                    Probe::Layout(l) => (head, l),
                     Probe::NeedMore(_) => return Err(Error::Protocol("safetensors header longer than announced")),
                 }
             }
         };
+        // SPEC.md §11.3: the header's bytes match the manifest's CRC before
+        // anything in them (names, offsets, metadata) is used.
+        if let Some(expected) = reader.manifest.as_ref().and_then(|m| m.header_crc32) {
+            let bytes = head.get(..layout.header_len as usize).unwrap_or_default();
+            let actual = crate::wire::crc::checksum(bytes);
+            if actual != expected {
+                return Err(StoreError::RangeChecksum { offset: 0, len: layout.header_len, expected, actual }.into());
+            }
+        }
         // SPEC.md §11.3: the header read is checked against the manifest's
         // layout (the range CRCs check the same bytes when they are read).
         if let Some(m) = &reader.manifest {
@@ -272,7 +284,9 @@ impl StoreObject {
         let reader = Arc::clone(&self.reader);
         stream::iter(reads)
             .map(move |r| {
-                let task = tokio::spawn(Arc::clone(&reader).read(r.clone()));
+                // Aborted when dropped: a consumer that stops reading stops
+                // the reads in flight too.
+                let task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(Arc::clone(&reader).read(r.clone())));
                 async move {
                     let data = task.await.map_err(|e| Error::Io(std::io::Error::other(e)))??;
                     Ok((r, data))
@@ -409,42 +423,117 @@ impl StoreObject {
             let retriever = ObjectRetriever::new(self.framed_frames()).with_subnormals(self.options.subnormals);
             return retriever.write_safetensors(dest).await;
         }
-        let tensors = self.tensors(items)?;
         let name = self.reader.key.filename().unwrap_or_default().to_string();
-        let mut streamer = ContainerStreamer::from_tensors(name, tensors);
-        let mut header = None;
-        if let Some(layout) = &self.layout {
-            // The layout is known: the file header goes first and every
-            // tensor straight to its offset.
-            let names: Vec<String> = match items {
-                Some(n) => n.to_vec(),
-                None => layout.tensors.iter().map(|t| t.name.clone()).collect(),
-            };
-            let index = names
-                .iter()
-                .filter_map(|n| layout.tensors.iter().find(|t| &t.name == n))
-                .map(|t| -> Result<IndexEntry, Error> {
-                    Ok(IndexEntry { name: t.name.clone(), dtype: Dtype::parse(&t.dtype)?, shape: t.shape.clone() })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            header = Some((index, layout.metadata.clone()));
-            streamer = streamer.with_chunk_size(crate::wire::DEFAULT_CHUNK_BYTES as usize);
+        let frames = self.container_frames(&name, items, None, crate::wire::DEFAULT_CHUNK_BYTES as usize)?;
+        ObjectRetriever::new(frames).write_safetensors(dest).await
+    }
+
+    /// The object as a container-mode tensorwire object (SPEC.md §5.1), as
+    /// a server sends one: only `items` when given, quantized with
+    /// `quantize` when given, in chunks of at most `chunk` bytes, produced
+    /// as the transport asks for them. A safetensors object's header is
+    /// known, so the object header carries the index (SPEC.md §5.1) and a
+    /// receiver writes each tensor at its final offset; a framed object
+    /// asked for whole and as stored is sent as its own frames.
+    ///
+    /// # Errors
+    ///
+    /// As [`StoreObject::tensors`].
+    pub fn container_frames(
+        &self,
+        name: &str,
+        items: Option<&[String]>,
+        quantize: Option<Scheme>,
+        chunk: usize,
+    ) -> Result<BoxStream<'static, Result<Frame, Error>>, Error> {
+        if self.kind == ObjectKind::Framed && items.is_none() && quantize.is_none() {
+            return Ok(self.framed_frames());
         }
-        let frames = streamer.frames().map_ok(move |f| match (f, &header) {
-            (Frame::ObjectHeader(mut h), Some((index, metadata))) => {
+        let tensors = self.tensors(items)?;
+        let mut streamer = ContainerStreamer::from_tensors(name, tensors).with_chunk_size(chunk);
+        if let Some(scheme) = quantize {
+            streamer = streamer.quantize(scheme);
+        }
+        let Some(layout) = &self.layout else { return Ok(streamer.frames().boxed()) };
+        let names: Vec<String> = match items {
+            Some(n) => n.to_vec(),
+            None => layout.tensors.iter().map(|t| t.name.clone()).collect(),
+        };
+        let index = names
+            .iter()
+            .filter_map(|n| layout.tensors.iter().find(|t| &t.name == n))
+            .map(|t| -> Result<IndexEntry, Error> {
+                Ok(IndexEntry { name: t.name.clone(), dtype: Dtype::parse(&t.dtype)?, shape: t.shape.clone() })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let metadata = layout.metadata.clone();
+        // The streamer's source is lazy, so its header has no index; the
+        // layout read from the object's header supplies it, in the order
+        // the tensors are sent (SPEC.md §7.1 rule 8 holds: the same names,
+        // dtypes and shapes).
+        let frames = streamer.frames().map_ok(move |f| match f {
+            Frame::ObjectHeader(mut h) => {
                 h.items = Some(index.len() as u64);
                 h.index = Some(index.clone());
-                for (k, v) in metadata {
+                for (k, v) in &metadata {
                     h.metadata.insert(format!("safetensors.{k}"), v.clone());
                 }
                 Frame::ObjectHeader(h)
             }
-            (f, _) => f,
+            f => f,
         });
-        ObjectRetriever::new(Box::pin(frames)).write_safetensors(dest).await
+        Ok(frames.boxed())
     }
 
-    fn framed_frames(&self) -> BoxStream<'static, Result<Frame, Error>> {
+    /// The object as a file-mode tensorwire object (SPEC.md §5.1), as a
+    /// server sends a file: chunks of at most `chunk` bytes cut from the
+    /// verified reads (no copy), produced as the transport asks for them.
+    /// A safetensors object is marked as one (`"format": "safetensors"`).
+    pub fn file_frames(&self, name: &str, chunk: usize) -> BoxStream<'static, Result<Frame, Error>> {
+        let mut header = ObjectHeader::new(name, Mode::File).with_items(1).with_total_len(self.size);
+        header.chunk_size = u32::try_from(chunk).unwrap_or(u32::MAX);
+        if self.kind == ObjectKind::Safetensors {
+            header.metadata.insert(FORMAT_KEY.into(), "safetensors".into());
+        }
+        let mut enc = ObjectEncoder::new();
+        let head = [enc.object_header(header), enc.item_header(ItemHeader::bytes(0, name, self.size))];
+        let head: Vec<Result<Frame, Error>> = head.into_iter().map(|f| f.map_err(Error::from)).collect();
+        let enc = Arc::new(std::sync::Mutex::new(enc));
+        let (e1, e2) = (Arc::clone(&enc), enc);
+        let chunk = chunk.max(1);
+        let chunks = self.fetch(self.plan(0, self.size)).flat_map(move |read| {
+            let frames: Vec<Result<Frame, Error>> = match read {
+                Err(e) => vec![Err(e)],
+                Ok((_, data)) => {
+                    let mut enc = e1.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    (0..data.len())
+                        .step_by(chunk)
+                        .map(|at| enc.chunk(data.slice(at..(at + chunk).min(data.len()))).map_err(Error::from))
+                        .collect()
+                }
+            };
+            stream::iter(frames)
+        });
+        let tail = stream::once(async move {
+            let mut enc = e2.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let end = [enc.item_end(), enc.object_end()];
+            stream::iter(end.into_iter().map(|f| f.map_err(Error::from)).collect::<Vec<_>>())
+        })
+        .flatten();
+        // The first error ends the object (the server turns it into an abort).
+        stream::iter(head)
+            .chain(chunks)
+            .chain(tail)
+            .scan(false, |failed, f| {
+                let out = if *failed { None } else { Some(f) };
+                *failed |= matches!(out, Some(Err(_)));
+                futures::future::ready(out)
+            })
+            .boxed()
+    }
+
+    /// The framed object's frames, decoded (and so verified) as it is read.
+    pub fn framed_frames(&self) -> BoxStream<'static, Result<Frame, Error>> {
         let bytes = self.fetch(self.plan(0, self.size)).map_ok(|(_, b)| b).map_err(std::io::Error::from);
         tokio_util::codec::FramedRead::new(tokio_util::io::StreamReader::new(bytes), FrameDecoder::new())
             .map_err(Error::from)

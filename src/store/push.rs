@@ -68,9 +68,9 @@ pub async fn put_file(
     let streamer = FileStreamer::open(file.as_ref())?.with_chunk_size(part);
     let mut builder = ManifestBuilder::new(MANIFEST_RANGE_BYTES, ObjectKind::Raw);
     if streamer.safetensors_tensors().is_some() {
-        let layout = read_layout(file.as_ref(), streamer.len())?;
+        let (header, layout) = read_layout(file.as_ref(), streamer.len())?;
         builder = ManifestBuilder::new(MANIFEST_RANGE_BYTES, ObjectKind::Safetensors)
-            .with_tensors(layout.header_len, layout.tensors);
+            .with_tensors(&header[..layout.header_len as usize], layout.tensors);
     }
     // Chunk frames of `part` bytes are the parts: slices of the mapping.
     let parts = futures::stream::iter(streamer.frames()).filter_map(|f| {
@@ -81,7 +81,7 @@ pub async fn put_file(
             Err(e) => Some(Err(e)),
         })
     });
-    upload(store, key, parts, builder, options).await
+    upload(store, key, parts, builder, options, Ok).await
 }
 
 /// Pushes a safetensors file as a framed container object (SPEC.md §5.1):
@@ -126,7 +126,7 @@ pub async fn put_container(
             }
         })
         .flat_map(futures::stream::iter);
-    upload(store, key, parts, builder, options).await
+    upload(store, key, parts, builder, options, Ok).await
 }
 
 fn part_size(options: &PushOptions) -> Result<usize, Error> {
@@ -138,8 +138,8 @@ fn part_size(options: &PushOptions) -> Result<usize, Error> {
     usize::try_from(options.part_size).map_err(|_| StoreError::Option("part size too large".into()).into())
 }
 
-/// A safetensors file's layout, from its header.
-fn read_layout(file: &Path, size: u64) -> Result<super::layout::Layout, Error> {
+/// A safetensors file's header bytes and layout.
+fn read_layout(file: &Path, size: u64) -> Result<(Vec<u8>, super::layout::Layout), Error> {
     use std::io::Read;
     let mut f = std::fs::File::open(file)?;
     let mut prefix = vec![0u8; 8];
@@ -149,7 +149,7 @@ fn read_layout(file: &Path, size: u64) -> Result<super::layout::Layout, Error> {
         f.read_exact(&mut prefix[8..])?;
     }
     match probe(&prefix, size)? {
-        Probe::Layout(l) => Ok(l),
+        Probe::Layout(l) => Ok((prefix, l)),
         Probe::NeedMore(_) => Err(Error::Protocol("safetensors header longer than announced")),
     }
 }
@@ -185,11 +185,16 @@ impl Cutter {
     }
 
     fn finish(&mut self) -> Vec<Vec<Bytes>> {
+        self.finish_into();
+        self.take()
+    }
+
+    /// Closes the open part, leaving it for [`Cutter::take`].
+    fn finish_into(&mut self) {
         if self.open_len > 0 {
             self.done.push(std::mem::take(&mut self.open));
             self.open_len = 0;
         }
-        self.take()
     }
 }
 
@@ -199,17 +204,21 @@ async fn upload(
     store: Arc<dyn ObjectStore>,
     key: &Key,
     parts: impl Stream<Item = Result<Vec<Bytes>, Error>>,
-    mut builder: ManifestBuilder,
+    builder: ManifestBuilder,
     options: &PushOptions,
+    finish: impl FnOnce(ManifestBuilder) -> Result<ManifestBuilder, Error>,
 ) -> Result<Pushed, Error> {
     let mut upload = store.put_multipart(key).await.map_err(|e| StoreError::from_backend(key, e))?;
     let mut count = 0;
+    let mut builder = builder;
     let sent = send_parts(upload.as_mut(), parts, &mut builder, &mut count, options).await;
-    let result = match sent {
-        Ok(()) => upload.complete().await.map_err(|e| StoreError::from_backend(key, e).into()),
+    // The last checks run before the upload completes: a failure aborts it.
+    let checked = sent.and_then(|()| finish(builder));
+    let result = match checked {
+        Ok(b) => upload.complete().await.map(|r| (r, b)).map_err(|e| StoreError::from_backend(key, e).into()),
         Err(e) => Err(e),
     };
-    let put: PutResult = match result {
+    let (put, builder): (PutResult, ManifestBuilder) = match result {
         Ok(r) => r,
         Err(e) => {
             // No parts may remain: an aborted upload frees them.
@@ -278,5 +287,131 @@ async fn wait(
             Some(r) => r.map_err(|e| StoreError::Backend(e).into()),
             None => Ok(()),
         },
+    }
+}
+
+/// Stores a pushed object from its frames as a server decodes and verifies
+/// them (SPEC.md §8.3 into §11): a file-mode push becomes the file's bytes
+/// (a `.safetensors` name must hold a valid safetensors file), a
+/// container-mode push the framed body itself. The multipart upload
+/// completes only after the object end arrived (the decoder verified it and
+/// the stream ended cleanly); any error aborts it. Returns the object end's
+/// counts.
+///
+/// # Errors
+///
+/// The first error of `frames`, [`Error::Protocol`] when they end before an
+/// object end, [`Error::Safetensors`] for an invalid `.safetensors` push,
+/// and the store's failures.
+pub async fn put_frames(
+    store: Arc<dyn ObjectStore>,
+    key: &Key,
+    frames: impl Stream<Item = Result<Frame, Error>> + Send,
+    options: &PushOptions,
+) -> Result<(Pushed, crate::wire::ObjectEnd), Error> {
+    let part = part_size(options)?;
+    let safetensors = key.as_ref().ends_with(".safetensors");
+    let state = Arc::new(std::sync::Mutex::new(Incoming::default()));
+    let (s1, s2) = (Arc::clone(&state), Arc::clone(&state));
+    let mut cutter = Cutter::new(part);
+    let frames = frames.map(Some).chain(futures::stream::once(async { None }));
+    let parts = frames
+        .map(move |f| -> Vec<Result<Vec<Bytes>, Error>> {
+            let mut st = s1.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match st.handle(f, &mut cutter, safetensors) {
+                Ok(()) => cutter.take().into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(e)],
+            }
+        })
+        .flat_map(futures::stream::iter);
+    let kind_of = |st: &Incoming| match st.mode {
+        Some(crate::wire::Mode::Container) => ObjectKind::Framed,
+        _ if safetensors => ObjectKind::Safetensors,
+        _ => ObjectKind::Raw,
+    };
+    let builder = ManifestBuilder::new(MANIFEST_RANGE_BYTES, ObjectKind::Raw);
+    let finish = move |b: ManifestBuilder| -> Result<ManifestBuilder, Error> {
+        let st = s2.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let kind = kind_of(&st);
+        let mut out = ManifestBuilder::new(MANIFEST_RANGE_BYTES, kind).resume_from(b);
+        if kind == ObjectKind::Safetensors {
+            // SPEC.md §8.3: a `.safetensors` push is stored only if valid.
+            match probe(&st.prefix, out.len())? {
+                Probe::Layout(l) => out = out.with_tensors(&st.prefix[..l.header_len as usize], l.tensors),
+                Probe::NeedMore(_) => return Err(Error::Protocol("safetensors header longer than the push")),
+            }
+        }
+        Ok(out)
+    };
+    let pushed = upload(store, key, parts, builder, options, finish).await?;
+    let end = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).end;
+    let end = end.ok_or(Error::Protocol("push ended before its object end"))?;
+    Ok((pushed, end))
+}
+
+/// What a push's frames said so far.
+#[derive(Default)]
+struct Incoming {
+    mode: Option<crate::wire::Mode>,
+    /// File mode: the next byte expected.
+    at: u64,
+    /// File mode, `.safetensors`: the first bytes, up to the header's end.
+    prefix: Vec<u8>,
+    end: Option<crate::wire::ObjectEnd>,
+}
+
+impl Incoming {
+    fn handle(&mut self, frame: Option<Result<Frame, Error>>, cutter: &mut Cutter, st: bool) -> Result<(), Error> {
+        let frame = match frame {
+            Some(f) => f?,
+            None if self.end.is_some() => {
+                cutter.finish_into();
+                return Ok(());
+            }
+            None => return Err(Error::Protocol("push ended before its object end")),
+        };
+        if let Frame::ObjectHeader(h) = &frame {
+            self.mode = Some(h.mode);
+            if h.mode == crate::wire::Mode::Container {
+                cutter.push(Bytes::copy_from_slice(&crate::wire::preamble()));
+            }
+        }
+        if let Frame::ObjectEnd(e) = &frame {
+            self.end = Some(*e);
+        }
+        match (self.mode, frame) {
+            (Some(crate::wire::Mode::Container), f) => {
+                let (head, body) = f.into_buf().into_parts();
+                cutter.push(head);
+                cutter.push(body);
+            }
+            (_, Frame::Chunk(c)) => {
+                // File mode: the decoder saw the chunks in order, without
+                // gaps (SPEC.md §7.2); the object's bytes go out as they came.
+                if c.offset != self.at {
+                    return Err(Error::Protocol("a file push's chunks out of order"));
+                }
+                self.at += c.data.len() as u64;
+                let mut used = 0;
+                // The length prefix first, then the header it announces.
+                while st && (self.prefix.len() as u64) < self.wanted_prefix() && used < c.data.len() {
+                    let take = (self.wanted_prefix() as usize - self.prefix.len()).min(c.data.len() - used);
+                    self.prefix.extend_from_slice(&c.data[used..used + take]);
+                    used += take;
+                }
+                cutter.push(c.data);
+            }
+            (_, Frame::Abort(a)) => return Err(Error::Aborted { code: a.code, message: a.message }),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// How many first bytes a safetensors check needs: 8, then the header.
+    fn wanted_prefix(&self) -> u64 {
+        match self.prefix.get(..8) {
+            Some(n) => 8 + u64::from_le_bytes(n.try_into().unwrap_or_default()).min(super::layout::MAX_HEADER_BYTES),
+            None => 8,
+        }
     }
 }

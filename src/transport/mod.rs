@@ -47,6 +47,7 @@ mod peer;
 mod registry;
 mod request;
 mod server;
+mod source;
 mod tls;
 mod written;
 
@@ -65,6 +66,7 @@ pub use request::{ObjectRequest, RequestError, Resume, MAX_RESUME_RANGES, RESUME
 #[cfg(any(fuzzing, test))]
 pub(crate) use server::fuzz_request;
 pub use server::{Server, ServerHandle};
+pub use source::{ObjectSource, SourceFrames, SourcePull};
 pub use tls::{provider as tls_provider, ClientTls, ServerTls, ALPN_H2};
 
 use crate::wire::Limits;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
-use super::{Access, FrameStream, Peer};
+use super::{Access, FrameStream, ObjectSource, Peer};
 use crate::recv::{FileSink, ObjectRetriever, UPLOAD_PREFIX};
 use crate::tensor::TensorMap;
 use crate::Error;
@@ -53,6 +53,7 @@ pub struct Registry {
     files: HashMap<String, PathBuf>,
     containers: HashMap<String, ContainerSource>,
     push_handler: Option<PushHandler>,
+    source: Option<Arc<dyn ObjectSource>>,
     push: Access,
     get: Access,
 }
@@ -65,6 +66,7 @@ impl Default for Registry {
             files: HashMap::new(),
             containers: HashMap::new(),
             push_handler: None,
+            source: None,
             push: Access::Nobody,
             get: Access::Anyone,
         }
@@ -78,6 +80,7 @@ impl std::fmt::Debug for Registry {
             .field("files", &self.files)
             .field("containers", &self.containers.keys().collect::<Vec<_>>())
             .field("push_handler", &self.push_handler.is_some())
+            .field("source", &self.source)
             .field("push", &self.push)
             .field("get", &self.get)
             .finish()
@@ -143,6 +146,19 @@ impl Registry {
     pub fn with_push_handler(mut self, handler: PushHandler) -> Self {
         self.push_handler = Some(handler);
         self
+    }
+
+    /// Serves every object from `source` (an object store, say) and stores
+    /// pushes there, instead of under a root directory; the access rules
+    /// still decide who may pull and push.
+    pub fn with_source(mut self, source: Arc<dyn ObjectSource>) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    /// The source set with [`Registry::with_source`].
+    pub fn source(&self) -> Option<&Arc<dyn ObjectSource>> {
+        self.source.as_ref()
     }
 
     /// The in-memory container called `name`, if any.

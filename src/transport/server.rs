@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::auth::{KeyedLimiter, KeyedPermit};
-use super::body::{join, receive_into, FrameReceiver, FrameSender};
+use super::body::{join, receive_into, FrameReceiver, FrameSender, Received};
 use super::tls::{handshake_error, Cleartext};
 use super::written::{SendGate, Written};
 use super::{Config, EventFn, Identity, Peer, Registry, ServerEvent};
@@ -995,6 +995,12 @@ async fn get(
     // SPEC.md §8.9: a pull is checked against the pull rules before the
     // object is looked up, so a refused peer learns nothing about it.
     shared.registry.authorize_get(peer, &name)?;
+    if let Some(source) = shared.registry.source() {
+        let _slot = shared.open_file_slot()?;
+        let pull = super::SourcePull { name, mode, items, quantize, chunk };
+        let got = source.pull(pull).await?;
+        return send_pull(respond, shared, budget, gate, got, (resume, quantize, chunk)).await;
+    }
     let container = shared.registry.container(&name);
     // Held while the transfer lasts when it reads a file.
     let _file = if container.is_none() { Some(shared.open_file_slot()?) } else { None };
@@ -1023,6 +1029,22 @@ async fn get(
                 ))
             }
         };
+    let got = super::SourceFrames { frames, mode, len, items: count };
+    send_pull(respond, shared, budget, gate, got, (resume, quantize, chunk)).await
+}
+
+/// Answers a pull with `got`'s frames: headers, then every frame against
+/// flow control (the part of [`get`] that does not depend on where the
+/// object is).
+async fn send_pull(
+    respond: &mut SendResponse<EncodedFrame>,
+    shared: &Shared,
+    budget: Budget,
+    gate: Arc<SendGate>,
+    got: super::SourceFrames,
+    (resume, quantize, chunk): (Option<super::Resume>, Option<crate::wire::Scheme>, usize),
+) -> Result<Outcome, Reply> {
+    let super::SourceFrames { frames, mode, len, items: count } = got;
     // SPEC.md §8.4: resuming, the sender leaves out the chunks of which the
     // receiver needs nothing; every other frame goes as usual.
     let frames = match resume {
@@ -1189,7 +1211,15 @@ async fn put(
         rx = rx.metered(m);
     }
     let received = rx.counter();
-    let stored = if let Some(handler) = shared.registry.push_handler() {
+    let stored = if let Some(source) = shared.registry.source() {
+        // SPEC.md §8.5: 503 at capacity, as for a push into a file.
+        let _slot =
+            shared.files.clone().try_acquire_owned().map_err(|_| Error::AtCapacity("files open for transfers"))?;
+        source
+            .push(name.clone(), rx.into_stream())
+            .await
+            .map(|t| Some(Received { len: t.len, items: t.items, crc: t.crc }))
+    } else if let Some(handler) = shared.registry.push_handler() {
         handler(name.clone(), peer.clone(), ObjectRetriever::new(rx.into_stream())).await.map(|()| None)
     } else {
         // SPEC.md §8.3: each push into a file of its own, renamed into

@@ -59,6 +59,42 @@ impl StorePut {
     }
 }
 
+/// Object-store flags of `serve`.
+#[derive(clap::Args)]
+pub(crate) struct StoreServe {
+    /// Serve the objects under this store prefix instead of a directory:
+    /// s3://BUCKET[/PREFIX] or file:///DIR. GET in every mode; PUT (with
+    /// --allow-push) uploads into the store. No state is kept here, so
+    /// several servers can front one bucket.
+    #[arg(long, value_name = "URL", conflicts_with = "root")]
+    pub(crate) store: Option<String>,
+    /// S3 endpoint for --store s3://...; overrides AWS_ENDPOINT_URL.
+    #[arg(long = "endpoint", value_name = "URL", requires = "store")]
+    endpoint: Option<String>,
+    /// Ranged reads in flight per pull from --store.
+    #[arg(long, default_value_t = store::DEFAULT_CONCURRENCY as u16, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: u16,
+    /// Bytes per ranged read from --store.
+    #[arg(long, default_value_t = store::DEFAULT_RANGE_BYTES, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    range_size: u64,
+    /// Bytes per multipart part of a push into --store (at least 5 MiB).
+    #[arg(long, default_value_t = store::DEFAULT_PART_BYTES, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(store::MIN_PART_BYTES..))]
+    part_size: u64,
+}
+
+impl StoreServe {
+    /// A registry serving from the store, when --store was given.
+    pub(crate) fn registry(&self) -> Result<Option<tensorwire::transport::Registry>, Failure> {
+        let Some(url) = &self.store else { return Ok(None) };
+        let (store, prefix) = store::open_prefix(url, self.endpoint.as_deref()).map_err(|e| failure(url, e))?;
+        let concurrency = usize::from(self.concurrency);
+        let pull = PullOptions { concurrency, range_size: self.range_size, ..PullOptions::default() };
+        let push = PushOptions { concurrency, part_size: self.part_size, cancel: None };
+        let source = store::StoreSource::new(store, prefix).with_pull_options(pull).with_push_options(push);
+        Ok(Some(tensorwire::transport::Registry::new().with_source(std::sync::Arc::new(source))))
+    }
+}
+
 /// What `get URL` asked for when URL names a store.
 pub(crate) struct StoreGetRequest {
     pub(crate) url: String,
