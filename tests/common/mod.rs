@@ -2,6 +2,8 @@
 //! with a shutdown guard, and an in-memory (duplex) connection.
 #![allow(dead_code)]
 
+pub mod counting_proxy;
+pub mod garage;
 pub mod wan;
 
 use std::net::SocketAddr;
