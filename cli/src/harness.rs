@@ -434,7 +434,8 @@ async fn serve(registry: Registry) -> Result<(), Error> {
 /// for the counters. For tools that move one object.
 ///
 /// The server's [`ServerEvent::Request`] (sent once a request is answered,
-/// its body included) is the signal: nothing polls.
+/// its body included) is the signal: nothing polls. It takes the server's
+/// events for that ([`Server::with_events`]), replacing any set before.
 ///
 /// # Errors
 ///
