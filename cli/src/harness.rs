@@ -22,6 +22,41 @@ use tensorwire::transport::{Client, Config, Registry, Server, ServerEvent, Serve
 use tensorwire::wire::{crc::Combined, EncodedFrame, FrameDecoder, CONTENT_TYPE};
 use tensorwire::Error;
 
+/// Why the harness failed: a transfer's own [`Error`], a child or a file
+/// that misbehaved, or a received copy that is not the source.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HarnessError {
+    /// A transfer (or building the model) failed.
+    #[error(transparent)]
+    Transfer(#[from] Error),
+    /// The regular transmission's own HTTP/2 server failed.
+    #[error(transparent)]
+    Http(#[from] h2::Error),
+    /// A file or a child process failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// With verification on, the received copy differs from the source.
+    #[error("the received copy differs from the source: {0}")]
+    Mismatch(&'static str),
+    /// The receiver of the regular transmission closed its stream while
+    /// the body was being sent.
+    #[error("the receiver closed the stream before the body was sent")]
+    StreamClosed,
+    /// A receiver child exited with a failure (its stderr says why).
+    #[error("the {0} receiver failed")]
+    ReceiverFailed(String),
+    /// A child was started without its stdout piped.
+    #[error("the {0} child has no stdout")]
+    NoStdout(&'static str),
+    /// A child was asked for a shape the harness does not know.
+    #[error("unknown shape {0:?}")]
+    UnknownShape(String),
+    /// A child was asked for a role the harness does not know.
+    #[error("unknown harness role {0:?}")]
+    UnknownRole(String),
+}
+
 /// The child subcommand the harness starts (hidden in the CLI).
 pub const CHILD: &str = "__harness-child";
 
@@ -147,7 +182,7 @@ fn allocator_env(mode: BenchMode) -> Vec<(&'static str, &'static str)> {
 }
 
 impl Reaped {
-    fn spawn(cmd: &mut Command) -> Result<Self, Error> {
+    fn spawn(cmd: &mut Command) -> Result<Self, HarnessError> {
         let child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
         if let Ok(mut pids) = CHILDREN.lock() {
             pids.push(child.id());
@@ -171,8 +206,11 @@ impl Drop for Reaped {
 ///
 /// # Errors
 ///
-/// [`Error::Io`] when a child cannot be started or fails.
-pub fn run(exe: &Path, opts: &Options, progress: &dyn Fn(&str)) -> Result<Vec<Row>, Error> {
+/// [`HarnessError::Io`] when a child cannot be started,
+/// [`HarnessError::ReceiverFailed`] when one fails, [`HarnessError::Mismatch`]
+/// when a received copy is not the source, [`HarnessError::Transfer`] for
+/// the model file.
+pub fn run(exe: &Path, opts: &Options, progress: &dyn Fn(&str)) -> Result<Vec<Row>, HarnessError> {
     std::fs::create_dir_all(&opts.dir)?;
     let model = opts.dir.join("model.safetensors");
     progress(&format!("writing the {} model ({:.0} MiB)", opts.shape_name, mib(opts.shape.parameters() * 4)));
@@ -206,7 +244,7 @@ fn available_memory() -> Option<u64> {
     Some(kib * 1024)
 }
 
-fn run_mode(exe: &Path, opts: &Options, model: &Path, mode: BenchMode) -> Result<Row, Error> {
+fn run_mode(exe: &Path, opts: &Options, model: &Path, mode: BenchMode) -> Result<Row, HarnessError> {
     let out = opts.dir.join("received.safetensors");
     let _ = std::fs::remove_file(&out);
     let (serve, get) = match mode {
@@ -218,7 +256,7 @@ fn run_mode(exe: &Path, opts: &Options, model: &Path, mode: BenchMode) -> Result
     let env = allocator_env(mode);
     let mut sender =
         Reaped::spawn(Command::new(exe).envs(env.iter().copied()).args([CHILD, serve, &opts.shape_name]).arg(model))?;
-    let mut sender_out = BufReader::new(sender.0.stdout.take().ok_or(Error::Protocol("no sender stdout"))?);
+    let mut sender_out = BufReader::new(sender.0.stdout.take().ok_or(HarnessError::NoStdout("sender"))?);
     let mut addr = String::new();
     sender_out.read_line(&mut addr)?;
     let quant = match mode {
@@ -236,7 +274,7 @@ fn run_mode(exe: &Path, opts: &Options, model: &Path, mode: BenchMode) -> Result
     let report = String::from_utf8_lossy(&receiver.stdout).to_string();
     if !receiver.status.success() {
         // The sender may still wait for a request: it is killed on drop.
-        return Err(Error::Io(std::io::Error::other(format!("{} receiver failed", mode.label()))));
+        return Err(HarnessError::ReceiverFailed(mode.label()));
     }
     let mut sender_report = String::new();
     sender_out.read_to_string(&mut sender_report)?;
@@ -274,26 +312,26 @@ fn peak_of(report: &str) -> Peak {
 
 /// Byte for byte (file streaming), or tensor by tensor (a safetensors file
 /// rewritten by the receiver, whose header may be laid out differently).
-fn compare_files(a: &Path, b: &Path, bytewise: bool) -> Result<String, Error> {
+fn compare_files(a: &Path, b: &Path, bytewise: bool) -> Result<String, HarnessError> {
     if bytewise {
         let (mut fa, mut fb) = (std::fs::File::open(a)?, std::fs::File::open(b)?);
         let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
         loop {
             let n = fa.read(&mut ba)?;
-            fb.read_exact(&mut bb[..n]).map_err(|_| Error::Protocol("the received file is shorter"))?;
+            fb.read_exact(&mut bb[..n]).map_err(|_| HarnessError::Mismatch("the received file is shorter"))?;
             if ba[..n] != bb[..n] {
-                return Err(Error::Protocol("the received file differs from the source"));
+                return Err(HarnessError::Mismatch("the received file has other bytes"));
             }
             if n == 0 {
                 return if fb.read(&mut bb)? == 0 {
                     Ok("byte-identical".into())
                 } else {
-                    Err(Error::Protocol("the received file is longer"))
+                    Err(HarnessError::Mismatch("the received file is longer"))
                 };
             }
         }
     }
-    let crcs = |p: &Path| -> Result<std::collections::BTreeMap<String, u32>, Error> {
+    let crcs = |p: &Path| -> Result<std::collections::BTreeMap<String, u32>, HarnessError> {
         let mut out = std::collections::BTreeMap::new();
         let frames = ContainerStreamer::open_safetensors(p)?.frames();
         let rt = tokio::runtime::Builder::new_current_thread().build()?;
@@ -321,13 +359,13 @@ fn compare_files(a: &Path, b: &Path, bytewise: bool) -> Result<String, Error> {
     if crcs(a)? == crcs(b)? {
         Ok("every tensor identical".into())
     } else {
-        Err(Error::Protocol("a received tensor differs from the source"))
+        Err(HarnessError::Mismatch("a received tensor has other values"))
     }
 }
 
 /// Writes the shape's synthetic fp32 model as a safetensors file, one
 /// tensor at a time.
-pub fn write_model(shape: &LlamaShape, path: &Path) -> Result<(), Error> {
+pub fn write_model(shape: &LlamaShape, path: &Path) -> Result<(), HarnessError> {
     let tensors = shape.tensors();
     let mut entries = Vec::new();
     let mut at = 0usize;
@@ -340,7 +378,7 @@ pub fn write_model(shape: &LlamaShape, path: &Path) -> Result<(), Error> {
         ));
         at += len;
     }
-    let meta = safetensors::tensor::Metadata::new(None, entries)?;
+    let meta = safetensors::tensor::Metadata::new(None, entries).map_err(Error::from)?;
     let mut header = serde_json::to_vec(&meta).map_err(|e| Error::Io(std::io::Error::other(e)))?;
     header.resize(header.len().next_multiple_of(8), b' ');
     let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
@@ -398,10 +436,12 @@ fn report_peak(extra: &str) {
 ///
 /// # Errors
 ///
-/// Whatever the role's transfer returns.
-pub fn child_main(args: &[String]) -> Result<(), Error> {
+/// [`HarnessError::Transfer`] for what the role's transfer returns,
+/// [`HarnessError::UnknownShape`] / [`HarnessError::UnknownRole`] for
+/// arguments [`run`] does not pass.
+pub fn child_main(args: &[String]) -> Result<(), HarnessError> {
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("-");
-    let shape = shape_named(arg(1)).ok_or(Error::Protocol("unknown shape"))?;
+    let shape = shape_named(arg(1)).ok_or_else(|| HarnessError::UnknownShape(arg(1).to_string()))?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         match arg(0) {
@@ -415,13 +455,13 @@ pub fn child_main(args: &[String]) -> Result<(), Error> {
             "get-container-file" => get_container_file(arg(2), Path::new(arg(5))).await,
             "get-lazy" => get_lazy(shape, arg(2), Scheme::parse(arg(3)), arg(4) == "verify").await,
             "get-regular" => get_regular(arg(2)).await,
-            _ => Err(Error::Protocol("unknown harness role")),
+            other => Err(HarnessError::UnknownRole(other.to_string())),
         }
     })
 }
 
 /// Serves one transfer of `model`, then reports what it sent.
-async fn serve(registry: Registry) -> Result<(), Error> {
+async fn serve(registry: Registry) -> Result<(), HarnessError> {
     let server = Server::bind("127.0.0.1:0", registry, Config::default()).await?;
     println!("{}", server.local_addr()?);
     let handle = serve_one_transfer(server).await?;
@@ -434,12 +474,13 @@ async fn serve(registry: Registry) -> Result<(), Error> {
 /// for the counters. For tools that move one object.
 ///
 /// The server's [`ServerEvent::Request`] (sent once a request is answered,
-/// its body included) is the signal: nothing polls.
+/// its body included) is the signal: nothing polls. It takes the server's
+/// events for that ([`Server::with_events`]), replacing any set before.
 ///
 /// # Errors
 ///
-/// What [`Server::run`] returns.
-pub async fn serve_one_transfer(server: Server) -> Result<ServerHandle, Error> {
+/// [`HarnessError::Transfer`] for what [`Server::run`] returns.
+pub async fn serve_one_transfer(server: Server) -> Result<ServerHandle, HarnessError> {
     let (done, answered) = tokio::sync::oneshot::channel::<()>();
     let done = Mutex::new(Some(done));
     let server = server.with_events(Arc::new(move |event: &ServerEvent| {
@@ -466,7 +507,7 @@ pub async fn serve_one_transfer(server: Server) -> Result<ServerHandle, Error> {
 
 /// Regular transmission: the whole object serialized in memory first, then
 /// sent as one body.
-async fn serve_regular(shape: LlamaShape) -> Result<(), Error> {
+async fn serve_regular(shape: LlamaShape) -> Result<(), HarnessError> {
     let model = Arc::new(shape.synthetic(Dtype::F32, SEED));
     // Sized first, so the serialized copy is exactly one object, not a
     // doubling buffer's worth.
@@ -524,7 +565,7 @@ async fn send_whole(
     preamble: Bytes,
     mut frames: Bytes,
     idle: std::time::Duration,
-) -> Result<(), Error> {
+) -> Result<(), HarnessError> {
     stream.send_data(EncodedFrame::from_bytes(preamble), frames.is_empty())?;
     while !frames.is_empty() {
         stream.reserve_capacity(frames.len());
@@ -535,8 +576,8 @@ async fn send_whole(
                 }
                 match std::future::poll_fn(|cx| stream.poll_capacity(cx)).await {
                     Some(Ok(_)) => continue,
-                    Some(Err(e)) => return Err(Error::from(e)),
-                    None => return Err(Error::Protocol("stream closed while waiting for capacity")),
+                    Some(Err(e)) => return Err(HarnessError::from(Error::from(e))),
+                    None => return Err(HarnessError::StreamClosed),
                 }
             }
         })
@@ -548,11 +589,11 @@ async fn send_whole(
     Ok(())
 }
 
-async fn client(addr: &str) -> Result<Client, Error> {
-    Client::connect(addr, Config::default()).await
+async fn client(addr: &str) -> Result<Client, HarnessError> {
+    Ok(Client::connect(addr, Config::default()).await?)
 }
 
-async fn get_file(addr: &str, out: &Path) -> Result<(), Error> {
+async fn get_file(addr: &str, out: &Path) -> Result<(), HarnessError> {
     let c = client(addr).await?;
     let started = Instant::now();
     c.get_file("model", out).await?;
@@ -560,7 +601,7 @@ async fn get_file(addr: &str, out: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-async fn get_container_file(addr: &str, out: &Path) -> Result<(), Error> {
+async fn get_container_file(addr: &str, out: &Path) -> Result<(), HarnessError> {
     let c = client(addr).await?;
     let started = Instant::now();
     c.retrieve("model", None, &TransferOptions::default()).await?.write_safetensors(out).await?;
@@ -570,7 +611,7 @@ async fn get_container_file(addr: &str, out: &Path) -> Result<(), Error> {
 
 /// Takes each tensor as it completes and drops it; with `verify`, compares
 /// it with the source tensor regenerated from the seed.
-async fn get_lazy(shape: LlamaShape, addr: &str, scheme: Option<Scheme>, verify: bool) -> Result<(), Error> {
+async fn get_lazy(shape: LlamaShape, addr: &str, scheme: Option<Scheme>, verify: bool) -> Result<(), HarnessError> {
     let c = client(addr).await?;
     let started = Instant::now();
     let opts = TransferOptions { quantize: scheme, ..TransferOptions::default() };
@@ -582,7 +623,7 @@ async fn get_lazy(shape: LlamaShape, addr: &str, scheme: Option<Scheme>, verify:
         let t = t?;
         count += 1;
         if verify {
-            let n = index.get(t.name()).copied().ok_or(Error::Protocol("unexpected tensor"))?;
+            let n = index.get(t.name()).copied().ok_or(HarnessError::Mismatch("a tensor the source does not hold"))?;
             let numel = t.meta().numel().unwrap_or(0) as usize;
             let expected = tensorwire::models::weights_for_tests(numel, Dtype::F32, SEED.wrapping_add(n as u64));
             identical &= expected == *t.data();
@@ -615,7 +656,7 @@ async fn get_lazy(shape: LlamaShape, addr: &str, scheme: Option<Scheme>, verify:
 
 /// Regular transmission's receiver: the whole body in memory, then decoded
 /// into a map of tensors.
-async fn get_regular(addr: &str) -> Result<(), Error> {
+async fn get_regular(addr: &str) -> Result<(), HarnessError> {
     let c = client(addr).await?;
     let started = Instant::now();
     let mut rx = c.get("model", &TransferOptions::default()).await?;
@@ -635,13 +676,13 @@ async fn get_regular(addr: &str) -> Result<(), Error> {
     Ok(())
 }
 
-fn decode_whole(mut whole: BytesMut) -> Result<TensorMap, Error> {
+fn decode_whole(mut whole: BytesMut) -> Result<TensorMap, HarnessError> {
     let mut dec = FrameDecoder::new();
     let mut map = TensorMap::new();
     let mut current: Option<(tensorwire::wire::ItemHeader, Vec<u8>)> = None;
     // Each tensor is copied out of the received object: the whole object
     // and the whole map are held at once, as a regular receiver does.
-    while let Some(f) = dec.decode_frame_eof(&mut whole)? {
+    while let Some(f) = dec.decode_frame_eof(&mut whole).map_err(Error::from)? {
         match f {
             tensorwire::wire::Frame::ItemHeader(h) => {
                 let len = h.len as usize;

@@ -39,8 +39,8 @@ impl Encoded {
     ///
     /// [`Error::Tensor`] when the encoding cannot encode the tensor's dtype.
     pub fn with_encoding(tensor: Tensor, encoding: Encoding) -> Result<Self, Error> {
-        if let Err(reason) = encoding.check(tensor.dtype()) {
-            return Err(Error::Tensor { name: tensor.name().into(), reason });
+        if let Err(e) = encoding.check(tensor.dtype()) {
+            return Err(Error::Tensor { name: tensor.name().into(), reason: e.to_string() });
         }
         Ok(Encoded { tensor, encoding })
     }

@@ -301,13 +301,14 @@ impl Encoding {
     }
 
     /// Checks the encoding's own fields and that it may encode `dtype`.
-    pub(crate) fn check(&self, dtype: Dtype) -> Result<(), String> {
+    pub(crate) fn check(&self, dtype: Dtype) -> Result<(), EncodingError> {
+        let cannot = || EncodingError::CannotEncode { scheme: self.scheme(), dtype };
         match self {
             Encoding::Raw => return Ok(()),
             Encoding::Fp16 | Encoding::Bf16 => {
                 // SPEC.md §5.4: a cast applies only to sources wider than 16 bits.
                 if !matches!(dtype, Dtype::F32 | Dtype::F64) {
-                    return Err(format!("{} cannot encode {dtype}", self.scheme()));
+                    return Err(cannot());
                 }
                 return Ok(());
             }
@@ -315,21 +316,37 @@ impl Encoding {
         }
         // SPEC.md §5.4: block schemes take float sources only.
         if !dtype.is_quantizable() {
-            return Err(format!("{} cannot encode {dtype}", self.scheme()));
+            return Err(cannot());
         }
         let block = self.blocks().map_or(0, |b| b.0);
         // SPEC.md §5.5: block_size MUST be a power of two in 64..=4096.
         if !(64..=4096).contains(&block) || !block.is_power_of_two() {
-            return Err(format!("block_size {block} is not a power of two in 64..=4096"));
+            return Err(EncodingError::BlockSize(block));
         }
         if let Encoding::Blockwise8 { code: Some(code), .. } = self {
             // SPEC.md §5.5.1: a code table has 256 finite entries.
             if code.len() != 256 || code.iter().any(|c| !c.is_finite()) {
-                return Err("code table must hold 256 finite values".into());
+                return Err(EncodingError::CodeTable);
             }
         }
         Ok(())
     }
+}
+
+/// Why an encoding cannot encode a dtype ([`Encoding::check`]); callers
+/// report it as the item's inconsistency or the tensor's fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum EncodingError {
+    /// SPEC.md §5.4: casts take sources wider than 16 bits, block schemes
+    /// float sources.
+    #[error("{scheme} cannot encode {dtype}")]
+    CannotEncode { scheme: &'static str, dtype: Dtype },
+    /// SPEC.md §5.5: block_size is a power of two in 64..=4096.
+    #[error("block_size {0} is not a power of two in 64..=4096")]
+    BlockSize(u64),
+    /// SPEC.md §5.5.1: a code table has 256 finite entries.
+    #[error("code table must hold 256 finite values")]
+    CodeTable,
 }
 
 /// Cuts a peer-supplied string for inclusion in an error message.
@@ -495,16 +512,28 @@ mod tests {
 
     #[test]
     fn check_rejects_cast_of_16_bit_source() {
-        assert!(Encoding::Fp16.check(Dtype::BF16).is_err());
+        assert_eq!(
+            Encoding::Fp16.check(Dtype::BF16),
+            Err(EncodingError::CannotEncode { scheme: "fp16", dtype: Dtype::BF16 })
+        );
         assert!(Encoding::Fp16.check(Dtype::F32).is_ok());
     }
 
     #[test]
     fn check_rejects_bad_block_size_and_code() {
-        assert!(Encoding::Nf4 { block_size: 96, nested: false }.check(Dtype::F32).is_err());
-        assert!(Encoding::Nf4 { block_size: 8192, nested: false }.check(Dtype::F32).is_err());
+        assert_eq!(
+            Encoding::Nf4 { block_size: 96, nested: false }.check(Dtype::F32),
+            Err(EncodingError::BlockSize(96))
+        );
+        assert_eq!(
+            Encoding::Nf4 { block_size: 8192, nested: false }.check(Dtype::F32),
+            Err(EncodingError::BlockSize(8192))
+        );
         let short = Encoding::Blockwise8 { block_size: 4096, code: Some(vec![0.0; 255]) };
-        assert!(short.check(Dtype::F32).is_err());
-        assert!(Encoding::Fp4 { block_size: 64, nested: false }.check(Dtype::I32).is_err());
+        assert_eq!(short.check(Dtype::F32), Err(EncodingError::CodeTable));
+        assert!(matches!(
+            Encoding::Fp4 { block_size: 64, nested: false }.check(Dtype::I32),
+            Err(EncodingError::CannotEncode { scheme: "fp4", dtype: Dtype::I32 })
+        ));
     }
 }

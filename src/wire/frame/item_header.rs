@@ -97,7 +97,7 @@ impl ItemHeader {
                 max: limits.max_rank.into(),
             });
         }
-        self.encoding.check(dtype).map_err(bad)?;
+        self.encoding.check(dtype).map_err(|e| bad(e.to_string()))?;
         let numel = self.numel().ok_or_else(|| bad("element count overflows".into()))?;
         // SPEC.md §5.2: len MUST equal the encoded length of the shape.
         match self.encoding.encoded_len(numel, dtype) {

@@ -15,6 +15,7 @@ use std::fmt;
 
 use tensorwire::wire::AbortCode;
 use tensorwire::Error;
+use tensorwire_cli::harness::HarnessError;
 
 /// A failure: the exit code and the message, which names the party or path it
 /// is about.
@@ -72,6 +73,19 @@ impl From<Error> for Failure {
     }
 }
 
+/// A benchmark harness failure: a transfer's error keeps its exit code; a
+/// received copy that is not the source is an integrity failure; anything
+/// else (a child, a file) is local.
+impl From<HarnessError> for Failure {
+    fn from(e: HarnessError) -> Self {
+        match e {
+            HarnessError::Transfer(e) => Failure::from(e),
+            HarnessError::Mismatch(_) => Failure::new(INTEGRITY, e.to_string()),
+            other => Failure::new(LOCAL, other.to_string()),
+        }
+    }
+}
+
 impl From<String> for Failure {
     fn from(message: String) -> Self {
         Failure::new(LOCAL, message)
@@ -88,7 +102,10 @@ impl From<Box<dyn std::error::Error + Send + Sync>> for Failure {
     fn from(e: Box<dyn std::error::Error + Send + Sync>) -> Self {
         match e.downcast::<Error>() {
             Ok(e) => Failure::from(*e),
-            Err(e) => Failure::new(LOCAL, e.to_string()),
+            Err(e) => match e.downcast::<HarnessError>() {
+                Ok(e) => Failure::from(*e),
+                Err(e) => Failure::new(LOCAL, e.to_string()),
+            },
         }
     }
 }
@@ -150,5 +167,15 @@ mod tests {
         assert_eq!(classify(&Error::Cancelled), INTERRUPTED);
         let aborted = Error::Aborted { code: AbortCode::NOT_FOUND, message: "no tensor".into() };
         assert_eq!(classify(&aborted), REFUSED);
+    }
+
+    #[test]
+    fn harness_failures_keep_the_transfer_code_or_say_integrity() {
+        let crc = tensorwire::wire::DecodeError::PayloadChecksum { item: 0, offset: 0, expected: 1, actual: 2 };
+        assert_eq!(Failure::from(HarnessError::Transfer(Error::Decode(crc))).code, INTEGRITY);
+        assert_eq!(Failure::from(HarnessError::Mismatch("a received tensor has other values")).code, INTEGRITY);
+        assert_eq!(Failure::from(HarnessError::UnknownRole("x".into())).code, LOCAL);
+        let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(HarnessError::Mismatch("shorter"));
+        assert_eq!(Failure::from(boxed).code, INTEGRITY);
     }
 }
