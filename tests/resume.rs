@@ -327,3 +327,29 @@ async fn a_push_cut_midway_resumes_and_sends_only_the_rest() {
     }
     eprintln!("push: most bytes sent again after a cut: {worst} (a push from the start: {clean})");
 }
+
+/// `upload_keep` zero (`serve --upload-keep 0`): the server keeps no cut
+/// push, so the retry sends the object again from the start.
+#[tokio::test]
+async fn a_server_that_keeps_no_uploads_gets_the_push_again_whole() {
+    let dir = TempDir::new("push-keep-none");
+    let data = bytes(LEN, 12);
+    let src = dir.file("model.bin", &data);
+    std::fs::create_dir_all(dir.join("root")).expect("root");
+    let server_config = Config { upload_keep: Duration::ZERO, ..config() };
+    let registry = Registry::root(dir.join("root")).expect("root").accept_pushes(true);
+    let server = TestServer::start(registry, server_config).await;
+    let proxy = WanProxy::start(server.addr, Link::loopback()).await;
+    let client = Client::connect(proxy.addr, config()).await.expect("connect");
+    let before = proxy.up_bytes();
+    client.put_file(&src, "clean.bin").await.expect("clean push");
+    let clean = proxy.up_bytes() - before;
+    let at = clean / 2;
+    proxy.plan(vec![Fault::Cut { dir: Dir::Up, at }]);
+    let before = proxy.up_bytes();
+    let client = Client::connect(proxy.addr, config()).await.expect("connect");
+    client.put_file(&src, "cut.bin").await.expect("push after a cut");
+    assert!(std::fs::read(dir.join("root/cut.bin")).expect("read") == data);
+    let resent = (proxy.up_bytes() - before).saturating_sub(clean);
+    assert!(resent >= at / 2, "only {resent} bytes sent again, though nothing was kept");
+}
