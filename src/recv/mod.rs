@@ -24,5 +24,6 @@ pub use file::{part_path, remove_stale_uploads, validate_safetensors, FileSink, 
 pub use file_writer::FileWriter;
 pub use ledger::{PartLedger, SourceId};
 pub use ranges::RangeSet;
+pub(crate) use container_file::safetensors_header;
 pub use retriever::ObjectRetriever;
 pub use sink::{Progress, ProgressFn, Receive, Sink, MAX_DAMAGED_CHUNKS};

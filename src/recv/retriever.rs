@@ -287,6 +287,7 @@ fn start(h: ItemHeader) -> Result<Building, Error> {
     Ok(Building { meta, len, encoding: h.encoding, data: Assembly::Empty })
 }
 
+
 #[cfg(test)]
 mod tests {
     use super::*;

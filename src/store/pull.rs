@@ -72,7 +72,7 @@ struct Reader {
 impl Reader {
     /// Reads `r`, pinned to the first read's version, and checks it against
     /// the manifest (SPEC.md §11.3).
-    async fn read(self: Arc<Self>, r: Range<u64>) -> Result<Bytes, Error> {
+    async fn read(self: Arc<Self>, r: Range<u64>) -> Result<(Bytes, Option<u32>), Error> {
         let options = GetOptions {
             range: Some(GetRange::Bounded(r.clone())),
             if_match: self.pin.e_tag.clone(),
@@ -87,10 +87,8 @@ impl Reader {
             return Err(StoreError::SizeMismatch { key, expected: r.end - r.start, actual: data.len() as u64 }.into());
         }
         self.read.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        if let Some(m) = &self.manifest {
-            m.check_range(r.start, &data)?;
-        }
-        Ok(data)
+        let crc = self.manifest.as_ref().map(|m| m.check_range(r.start, &data)).transpose()?;
+        Ok((data, crc))
     }
 
     /// A store that ignores `if-match` still reports the version it read.
@@ -201,7 +199,7 @@ impl StoreObject {
             Probe::Layout(l) => (prefix, l),
             Probe::NeedMore(n) => {
                 let (start, end) = reader.manifest.as_ref().map_or((0, n), |m| m.aligned(0, n));
-                let head = Arc::clone(reader).read(start..end).await?;
+                let (head, _) = Arc::clone(reader).read(start..end).await?;
                 match probe(&head, size)? {
                     Probe::Layout(l) => (head, l),
                     Probe::NeedMore(_) => return Err(Error::Protocol("safetensors header longer than announced")),
@@ -281,6 +279,14 @@ impl StoreObject {
     /// The bytes of `reads`, in order, with `concurrency` reads in flight
     /// (each a task of its own, so reads progress while the consumer works).
     fn fetch(&self, reads: Vec<Range<u64>>) -> impl Stream<Item = Result<(Range<u64>, Bytes), Error>> + Send + 'static {
+        self.fetch_checked(reads).map_ok(|(r, data, _)| (r, data))
+    }
+
+    /// [`Self::fetch`], with each read's CRC when a manifest checked it.
+    fn fetch_checked(
+        &self,
+        reads: Vec<Range<u64>>,
+    ) -> impl Stream<Item = Result<(Range<u64>, Bytes, Option<u32>), Error>> + Send + 'static {
         let reader = Arc::clone(&self.reader);
         stream::iter(reads)
             .map(move |r| {
@@ -288,8 +294,8 @@ impl StoreObject {
                 // the reads in flight too.
                 let task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(Arc::clone(&reader).read(r.clone())));
                 async move {
-                    let data = task.await.map_err(|e| Error::Io(std::io::Error::other(e)))??;
-                    Ok((r, data))
+                    let (data, crc) = task.await.map_err(|e| Error::Io(std::io::Error::other(e)))??;
+                    Ok((r, data, crc))
                 }
             })
             .buffered(self.options.concurrency.max(1))
@@ -307,14 +313,20 @@ impl StoreObject {
     pub async fn write_file(&self, dest: impl AsRef<Path>) -> Result<u64, Error> {
         let dest = dest.as_ref().to_path_buf();
         let sink = Arc::new(blocking(move || FileSink::create(dest)).await?);
+        // The whole object's CRC, combined from the reads' (SPEC.md §3.2),
+        // and its length.
         let mut whole = Combined::new();
-        let mut reads = std::pin::pin!(self.fetch(self.plan(0, self.size)));
-        while let Some((r, data)) = reads.try_next().await? {
-            whole.update(&data);
+        let mut unchecked = 0u64;
+        let mut reads = std::pin::pin!(self.fetch_checked(self.plan(0, self.size)));
+        while let Some((r, data, crc)) = reads.try_next().await? {
+            match crc {
+                Some(crc) => whole.push(crc, data.len() as u64),
+                None => unchecked += data.len() as u64,
+            }
             let s = Arc::clone(&sink);
             blocking(move || s.write_at(r.start, &data)).await?;
         }
-        self.check_whole(&whole)?;
+        self.check_whole(&whole, unchecked)?;
         let sink = Arc::try_unwrap(sink).map_err(|_| Error::Protocol("sink still in use"))?;
         let (size, safetensors) = (self.size, self.kind == ObjectKind::Safetensors);
         blocking(move || sink.commit(size, safetensors)).await?;
@@ -322,10 +334,10 @@ impl StoreObject {
     }
 
     /// SPEC.md §11.3: the object's CRC equals the manifest's before commit.
-    fn check_whole(&self, whole: &Combined) -> Result<(), StoreError> {
+    fn check_whole(&self, whole: &Combined, unchecked: u64) -> Result<(), StoreError> {
         let key = self.reader.key.to_string();
-        if whole.len() != self.size {
-            return Err(StoreError::SizeMismatch { key, expected: self.size, actual: whole.len() });
+        if whole.len() + unchecked != self.size {
+            return Err(StoreError::SizeMismatch { key, expected: self.size, actual: whole.len() + unchecked });
         }
         match &self.reader.manifest {
             Some(m) if m.crc32 != whole.crc() => {
