@@ -232,6 +232,22 @@ async fn a_corrupted_header_byte_is_detected_before_the_header_is_used() {
 }
 
 #[tokio::test]
+async fn a_whole_object_crc_that_disagrees_with_the_ranges_fails_before_commit() {
+    let (_dir, store) = local("st-whole");
+    let src = TempDir::new("st-whole-src");
+    let key = Key::from("m.safetensors");
+    let path = src.file("m.safetensors", &safetensors_file(&model()));
+    let mut manifest = put_file(Arc::clone(&store), &key, path, &push_options()).await.expect("push").manifest;
+    manifest.crc32 ^= 1;
+    store.put(&manifest_key(&key), PutPayload::from(manifest.to_json())).await.unwrap();
+    let object = StoreObject::open(store, key, pull_options()).await.expect("open");
+    let out = src.join("out.safetensors");
+    let err = object.write_file(&out).await.expect_err("whole CRC checked");
+    assert!(matches!(err, Error::Store(StoreError::ObjectChecksum { .. })), "{err:?}");
+    assert!(!out.exists());
+}
+
+#[tokio::test]
 async fn an_object_changed_between_ranges_fails_instead_of_mixing_versions() {
     let (_dir, store) = local("st-changed");
     let src = TempDir::new("st-changed-src");

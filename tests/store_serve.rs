@@ -117,6 +117,25 @@ async fn pushes_are_stored_verified_and_another_server_serves_them() {
     let got = two.retrieve("site-2/update.tw", None, &TransferOptions::default()).await.unwrap().collect_map().await;
     assert_eq!(got.expect("framed object served"), model());
 
+    // A container push to a .safetensors name is stored as that file.
+    let streamer = ContainerStreamer::from_map("site-3/update.safetensors", Arc::new(model()));
+    one.put_container(streamer, &TransferOptions::default()).await.expect("container push");
+    let stored = std::fs::read(f.dir.join("rounds/site-3/update.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&stored).expect("a safetensors file");
+    for (name, t) in &model() {
+        assert_eq!(&Tensor::from_view(name.as_str(), &st.tensor(name).unwrap()).unwrap(), t);
+    }
+    let object =
+        StoreObject::open(Arc::clone(&f.store), Key::from("rounds/site-3/update.safetensors"), PullOptions::default());
+    assert_eq!(object.await.unwrap().kind(), ObjectKind::Safetensors, "with its manifest");
+    // ...but a quantized one cannot be, and nothing is stored.
+    let streamer = ContainerStreamer::from_map("site-4/update.safetensors", Arc::new(model())).quantize(Scheme::Nf4);
+    let err = one.put_container(streamer, &TransferOptions::default()).await.expect_err("refused");
+    assert!(matches!(err, Error::Status { .. } | Error::Aborted { .. }), "{err:?}");
+    // (A local directory keeps the empty directory the upload was staged in.)
+    let left = std::fs::read_dir(f.dir.join("rounds/site-4")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "no object, no staged parts");
+
     let err = one.put_file(&path, "x.tw.json").await.expect_err("manifest names are reserved");
     assert!(matches!(err, Error::Status { status: 400, .. }), "{err:?}");
 }

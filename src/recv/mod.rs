@@ -18,4 +18,5 @@ pub use container_file::ContainerFile;
 pub use file::{remove_stale_uploads, validate_safetensors, FileSink, UPLOAD_PREFIX};
 pub use ledger::{PartLedger, SourceId};
 pub use ranges::RangeSet;
+pub(crate) use retriever::safetensors_header;
 pub use retriever::ObjectRetriever;

@@ -378,7 +378,7 @@ pub(super) async fn finish_safetensors(
 /// The safetensors header (length prefix, JSON, space padding to 8 bytes)
 /// for tensors laid out back to back in `entries` order, and each tensor's
 /// data offset.
-pub(super) fn safetensors_header(
+pub(crate) fn safetensors_header(
     entries: &[IndexEntry],
     metadata: &[(String, String)],
 ) -> Result<(Vec<u8>, Vec<u64>), Error> {

@@ -131,16 +131,20 @@ impl Manifest {
     /// must be a range boundary and `data` whole ranges (or run to the end
     /// of the object).
     ///
+    /// Returns the CRC-32 of `data`, combined from its ranges' (no second
+    /// pass), for a reader that checks the whole object's CRC.
+    ///
     /// # Errors
     ///
     /// [`StoreError::RangeChecksum`] naming the first range that differs;
     /// [`StoreError::Misaligned`] when the read does not fall on ranges.
-    pub fn check_range(&self, offset: u64, data: &[u8]) -> Result<(), StoreError> {
+    pub fn check_range(&self, offset: u64, data: &[u8]) -> Result<u32, StoreError> {
         let g = self.range_size;
         let end = offset + data.len() as u64;
         if offset % g != 0 || (end % g != 0 && end != self.size) || end > self.size {
             return Err(StoreError::Misaligned { offset, len: data.len() as u64, range_size: g });
         }
+        let mut crc = Combined::new();
         for (i, piece) in data.chunks(g as usize).enumerate() {
             let at = offset + i as u64 * g;
             let index = (at / g) as usize;
@@ -150,8 +154,9 @@ impl Manifest {
             if actual != expected {
                 return Err(StoreError::RangeChecksum { offset: at, len: piece.len() as u64, expected, actual });
             }
+            crc.push(actual, piece.len() as u64);
         }
-        Ok(())
+        Ok(crc.crc())
     }
 
     /// The CRC of bytes `[offset, offset + len)` from the range CRCs, for

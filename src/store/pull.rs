@@ -72,7 +72,7 @@ struct Reader {
 impl Reader {
     /// Reads `r`, pinned to the first read's version, and checks it against
     /// the manifest (SPEC.md §11.3).
-    async fn read(self: Arc<Self>, r: Range<u64>) -> Result<Bytes, Error> {
+    async fn read(self: Arc<Self>, r: Range<u64>) -> Result<(Bytes, Option<u32>), Error> {
         let options = GetOptions {
             range: Some(GetRange::Bounded(r.clone())),
             if_match: self.pin.e_tag.clone(),
@@ -87,10 +87,8 @@ impl Reader {
             return Err(StoreError::SizeMismatch { key, expected: r.end - r.start, actual: data.len() as u64 }.into());
         }
         self.read.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        if let Some(m) = &self.manifest {
-            m.check_range(r.start, &data)?;
-        }
-        Ok(data)
+        let crc = self.manifest.as_ref().map(|m| m.check_range(r.start, &data)).transpose()?;
+        Ok((data, crc))
     }
 
     /// A store that ignores `if-match` still reports the version it read.
@@ -201,7 +199,7 @@ impl StoreObject {
             Probe::Layout(l) => (prefix, l),
             Probe::NeedMore(n) => {
                 let (start, end) = reader.manifest.as_ref().map_or((0, n), |m| m.aligned(0, n));
-                let head = Arc::clone(reader).read(start..end).await?;
+                let (head, _) = Arc::clone(reader).read(start..end).await?;
                 match probe(&head, size)? {
                     Probe::Layout(l) => (head, l),
                     Probe::NeedMore(_) => return Err(Error::Protocol("safetensors header longer than announced")),
@@ -281,6 +279,14 @@ impl StoreObject {
     /// The bytes of `reads`, in order, with `concurrency` reads in flight
     /// (each a task of its own, so reads progress while the consumer works).
     fn fetch(&self, reads: Vec<Range<u64>>) -> impl Stream<Item = Result<(Range<u64>, Bytes), Error>> + Send + 'static {
+        self.fetch_checked(reads).map_ok(|(r, data, _)| (r, data))
+    }
+
+    /// [`Self::fetch`], with each read's CRC when a manifest checked it.
+    fn fetch_checked(
+        &self,
+        reads: Vec<Range<u64>>,
+    ) -> impl Stream<Item = Result<(Range<u64>, Bytes, Option<u32>), Error>> + Send + 'static {
         let reader = Arc::clone(&self.reader);
         stream::iter(reads)
             .map(move |r| {
@@ -288,8 +294,8 @@ impl StoreObject {
                 // the reads in flight too.
                 let task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(Arc::clone(&reader).read(r.clone())));
                 async move {
-                    let data = task.await.map_err(|e| Error::Io(std::io::Error::other(e)))??;
-                    Ok((r, data))
+                    let (data, crc) = task.await.map_err(|e| Error::Io(std::io::Error::other(e)))??;
+                    Ok((r, data, crc))
                 }
             })
             .buffered(self.options.concurrency.max(1))
@@ -307,14 +313,20 @@ impl StoreObject {
     pub async fn write_file(&self, dest: impl AsRef<Path>) -> Result<u64, Error> {
         let dest = dest.as_ref().to_path_buf();
         let sink = Arc::new(blocking(move || FileSink::create(dest)).await?);
+        // The whole object's CRC, combined from the reads' (SPEC.md §3.2),
+        // and its length.
         let mut whole = Combined::new();
-        let mut reads = std::pin::pin!(self.fetch(self.plan(0, self.size)));
-        while let Some((r, data)) = reads.try_next().await? {
-            whole.update(&data);
+        let mut unchecked = 0u64;
+        let mut reads = std::pin::pin!(self.fetch_checked(self.plan(0, self.size)));
+        while let Some((r, data, crc)) = reads.try_next().await? {
+            match crc {
+                Some(crc) => whole.push(crc, data.len() as u64),
+                None => unchecked += data.len() as u64,
+            }
             let s = Arc::clone(&sink);
             blocking(move || s.write_at(r.start, &data)).await?;
         }
-        self.check_whole(&whole)?;
+        self.check_whole(&whole, unchecked)?;
         let sink = Arc::try_unwrap(sink).map_err(|_| Error::Protocol("sink still in use"))?;
         let (size, safetensors) = (self.size, self.kind == ObjectKind::Safetensors);
         blocking(move || sink.commit(size, safetensors)).await?;
@@ -322,10 +334,10 @@ impl StoreObject {
     }
 
     /// SPEC.md §11.3: the object's CRC equals the manifest's before commit.
-    fn check_whole(&self, whole: &Combined) -> Result<(), StoreError> {
+    fn check_whole(&self, whole: &Combined, unchecked: u64) -> Result<(), StoreError> {
         let key = self.reader.key.to_string();
-        if whole.len() != self.size {
-            return Err(StoreError::SizeMismatch { key, expected: self.size, actual: whole.len() });
+        if whole.len() + unchecked != self.size {
+            return Err(StoreError::SizeMismatch { key, expected: self.size, actual: whole.len() + unchecked });
         }
         match &self.reader.manifest {
             Some(m) if m.crc32 != whole.crc() => {
@@ -359,6 +371,19 @@ impl StoreObject {
         layout: &Layout,
         items: Option<&[String]>,
     ) -> Result<BoxStream<'static, Result<Tensor, Error>>, Error> {
+        let (wanted, reads) = self.tensor_reads(layout, items)?;
+        let state = Assembling { reads: self.fetch(reads).boxed(), last: None, wanted: wanted.into_iter() };
+        Ok(stream::try_unfold(state, Assembling::next).boxed())
+    }
+
+    /// The tensors asked for, and one read plan for them all: a range
+    /// shared by neighbours is read once (the next tensor starts where the
+    /// last read ended).
+    fn tensor_reads(
+        &self,
+        layout: &Layout,
+        items: Option<&[String]>,
+    ) -> Result<(Vec<TensorRange>, Vec<Range<u64>>), Error> {
         let wanted: Vec<TensorRange> = match items {
             None => layout.tensors.clone(),
             Some(names) => names
@@ -370,8 +395,6 @@ impl StoreObject {
                 })
                 .collect::<Result<_, _>>()?,
         };
-        // One read plan for all tensors: a range shared by neighbours is
-        // read once (the next tensor starts where the last read ended).
         let mut reads: Vec<Range<u64>> = Vec::new();
         for t in &wanted {
             let mut start = t.range[0];
@@ -384,8 +407,7 @@ impl StoreObject {
                 reads.extend(self.plan(start, t.range[1]));
             }
         }
-        let state = Assembling { reads: self.fetch(reads).boxed(), last: None, wanted: wanted.into_iter() };
-        Ok(stream::try_unfold(state, Assembling::next).boxed())
+        Ok((wanted, reads))
     }
 
     fn framed_tensors(&self, items: Option<&[String]>) -> BoxStream<'static, Result<Tensor, Error>> {
@@ -449,6 +471,9 @@ impl StoreObject {
         if self.kind == ObjectKind::Framed && items.is_none() && quantize.is_none() {
             return Ok(self.framed_frames());
         }
+        if let (Some(layout), None) = (&self.layout, quantize) {
+            return self.raw_container_frames(layout, name, items, chunk);
+        }
         let tensors = self.tensors(items)?;
         let mut streamer = ContainerStreamer::from_tensors(name, tensors).with_chunk_size(chunk);
         if let Some(scheme) = quantize {
@@ -483,6 +508,42 @@ impl StoreObject {
             f => f,
         });
         Ok(frames.boxed())
+    }
+
+    /// A safetensors object's tensors as container frames whose chunks are
+    /// slices of the verified reads: no tensor is assembled, so memory is
+    /// the reads in flight whatever the tensors' sizes.
+    fn raw_container_frames(
+        &self,
+        layout: &Layout,
+        name: &str,
+        items: Option<&[String]>,
+        chunk: usize,
+    ) -> Result<BoxStream<'static, Result<Frame, Error>>, Error> {
+        let (wanted, reads) = self.tensor_reads(layout, items)?;
+        let index = wanted
+            .iter()
+            .map(|t| Ok(IndexEntry { name: t.name.clone(), dtype: Dtype::parse(&t.dtype)?, shape: t.shape.clone() }))
+            .collect::<Result<Vec<_>, Error>>()?;
+        let mut header = ObjectHeader::new(name, Mode::Container).with_items(index.len() as u64);
+        header.total_len = Some(wanted.iter().map(|t| t.range[1] - t.range[0]).sum());
+        header.chunk_size = u32::try_from(chunk).unwrap_or(u32::MAX);
+        header.index = Some(index);
+        for (k, v) in &layout.metadata {
+            header.metadata.insert(format!("safetensors.{k}"), v.clone());
+        }
+        let state = Framing {
+            enc: ObjectEncoder::new(),
+            header: Some(header),
+            reads: self.fetch(reads).boxed(),
+            last: None,
+            wanted: wanted.into_iter(),
+            open: None,
+            chunk: chunk.max(1),
+            done: false,
+        };
+        let batches = stream::try_unfold(state, Framing::next);
+        Ok(batches.map_ok(|b| stream::iter(b.into_iter().map(Ok))).try_flatten().boxed())
     }
 
     /// The object as a file-mode tensorwire object (SPEC.md §5.1), as a
@@ -553,40 +614,115 @@ impl Assembling {
     async fn next(mut self) -> Result<Option<(Tensor, Self)>, Error> {
         let Some(t) = self.wanted.next() else { return Ok(None) };
         let [start, end] = t.range;
-        let mut parts: Vec<Bytes> = Vec::new();
+        // A tensor inside one read is a slice of it (no copy); a longer one
+        // is copied read by read, each read dropped once copied.
+        let mut one: Option<Bytes> = None;
+        let mut many: Vec<u8> = Vec::new();
         let mut at = start;
+        let mut add = |piece: Bytes, at: u64| {
+            if at == start && at + piece.len() as u64 == end {
+                one = Some(piece);
+            } else {
+                many.extend_from_slice(&piece);
+            }
+        };
         if let Some((from, data)) = &self.last {
             if *from <= at && at < from + data.len() as u64 {
                 let stop = (from + data.len() as u64).min(end);
-                parts.push(data.slice((at - from) as usize..(stop - from) as usize));
+                add(data.slice((at - from) as usize..(stop - from) as usize), at);
                 at = stop;
             }
         }
         while at < end {
-            let (r, data) = self.reads.try_next().await?.ok_or(Error::Protocol("reads ended inside a tensor"))?;
-            // The plan reads each tensor's bytes in order from `at`.
-            if !(r.start <= at && at < r.end) {
-                return Err(Error::Protocol("a read out of order"));
-            }
+            let (r, data) = next_read(&mut self.reads, at).await?;
             let stop = r.end.min(end);
-            parts.push(data.slice((at - r.start) as usize..(stop - r.start) as usize));
+            add(data.slice((at - r.start) as usize..(stop - r.start) as usize), at);
             at = stop;
             self.last = Some((r.start, data));
         }
-        let data = match parts.len() {
-            // A tensor inside one read is a slice of it: no copy.
-            0 => Bytes::new(),
-            1 => parts.pop().unwrap_or_default(),
-            _ => {
-                let mut v = Vec::with_capacity(parts.iter().map(Bytes::len).sum());
-                for p in &parts {
-                    v.extend_from_slice(p);
-                }
-                Bytes::from(v)
-            }
-        };
+        let data = one.unwrap_or_else(|| Bytes::from(many));
         let tensor = Tensor::new(t.name, Dtype::parse(&t.dtype)?, t.shape, data)?;
         Ok(Some((tensor, self)))
+    }
+}
+
+/// The next read, which must hold byte `at` (the plan reads each tensor's
+/// bytes in order).
+async fn next_read(
+    reads: &mut BoxStream<'static, Result<(Range<u64>, Bytes), Error>>,
+    at: u64,
+) -> Result<(Range<u64>, Bytes), Error> {
+    let (r, data) = reads.try_next().await?.ok_or(Error::Protocol("reads ended inside a tensor"))?;
+    if !(r.start <= at && at < r.end) {
+        return Err(Error::Protocol("a read out of order"));
+    }
+    Ok((r, data))
+}
+
+/// Container frames cut from the reads, a batch at a time.
+struct Framing {
+    enc: ObjectEncoder,
+    header: Option<ObjectHeader>,
+    reads: BoxStream<'static, Result<(Range<u64>, Bytes), Error>>,
+    last: Option<(u64, Bytes)>,
+    wanted: std::vec::IntoIter<TensorRange>,
+    /// The open tensor: the next byte to send, and its end.
+    open: Option<(u64, u64)>,
+    chunk: usize,
+    done: bool,
+}
+
+impl Framing {
+    async fn next(mut self) -> Result<Option<(Vec<Frame>, Self)>, Error> {
+        if let Some(h) = self.header.take() {
+            return Ok(Some((vec![self.enc.object_header(h)?], self)));
+        }
+        if self.done {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        match self.open {
+            None => match self.wanted.next() {
+                Some(t) => {
+                    let [start, end] = t.range;
+                    out.push(self.enc.item_header(ItemHeader::tensor(0, t.name, Dtype::parse(&t.dtype)?, t.shape))?);
+                    let mut at = start;
+                    // The tail of the last read may start this tensor.
+                    if let Some((from, data)) = &self.last {
+                        if *from <= at && at < from + data.len() as u64 {
+                            let stop = (from + data.len() as u64).min(end);
+                            let piece = data.slice((at - from) as usize..(stop - from) as usize);
+                            self.chunks(piece, &mut out)?;
+                            at = stop;
+                        }
+                    }
+                    self.open = Some((at, end));
+                }
+                None => {
+                    self.done = true;
+                    out.push(self.enc.object_end()?);
+                }
+            },
+            Some((at, end)) if at >= end => {
+                self.open = None;
+                out.push(self.enc.item_end()?);
+            }
+            Some((at, end)) => {
+                let (r, data) = next_read(&mut self.reads, at).await?;
+                let stop = r.end.min(end);
+                self.chunks(data.slice((at - r.start) as usize..(stop - r.start) as usize), &mut out)?;
+                self.open = Some((stop, end));
+                self.last = Some((r.start, data));
+            }
+        }
+        Ok(Some((out, self)))
+    }
+
+    fn chunks(&mut self, piece: Bytes, out: &mut Vec<Frame>) -> Result<(), Error> {
+        for at in (0..piece.len()).step_by(self.chunk) {
+            out.push(self.enc.chunk(piece.slice(at..(at + self.chunk).min(piece.len())))?);
+        }
+        Ok(())
     }
 }
 

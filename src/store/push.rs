@@ -325,8 +325,9 @@ pub async fn put_frames(
         })
         .flat_map(futures::stream::iter);
     let kind_of = |st: &Incoming| match st.mode {
+        Some(crate::wire::Mode::Container) if st.into_safetensors => ObjectKind::Safetensors,
         Some(crate::wire::Mode::Container) => ObjectKind::Framed,
-        _ if safetensors => ObjectKind::Safetensors,
+        _ if safetensors || st.safetensors => ObjectKind::Safetensors,
         _ => ObjectKind::Raw,
     };
     let builder = ManifestBuilder::new(MANIFEST_RANGE_BYTES, ObjectKind::Raw);
@@ -355,13 +356,17 @@ struct Incoming {
     mode: Option<crate::wire::Mode>,
     /// File mode: the next byte expected.
     at: u64,
+    /// The object header says the file is a safetensors file.
+    safetensors: bool,
+    /// A container push to a `.safetensors` name: stored as that file.
+    into_safetensors: bool,
     /// File mode, `.safetensors`: the first bytes, up to the header's end.
     prefix: Vec<u8>,
     end: Option<crate::wire::ObjectEnd>,
 }
 
 impl Incoming {
-    fn handle(&mut self, frame: Option<Result<Frame, Error>>, cutter: &mut Cutter, st: bool) -> Result<(), Error> {
+    fn handle(&mut self, frame: Option<Result<Frame, Error>>, cutter: &mut Cutter, name_st: bool) -> Result<(), Error> {
         let frame = match frame {
             Some(f) => f?,
             None if self.end.is_some() => {
@@ -372,6 +377,26 @@ impl Incoming {
         };
         if let Frame::ObjectHeader(h) = &frame {
             self.mode = Some(h.mode);
+            // SPEC.md §8.3, as a directory server: the name or the header's
+            // format makes a push a safetensors file, validated before commit.
+            self.safetensors = h.metadata.get(crate::send::FORMAT_KEY).is_some_and(|f| f == "safetensors");
+            if h.mode == crate::wire::Mode::Container && name_st {
+                // As a directory server stores it: the safetensors file, its
+                // header from the index, the tensors back to back.
+                let index = h.index.as_ref().ok_or(Error::Protocol(
+                    "a container push to a .safetensors name needs an index in its object header",
+                ))?;
+                let metadata: Vec<(String, String)> = h
+                    .metadata
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.strip_prefix("safetensors.")?.to_string(), v.clone())))
+                    .collect();
+                let (head, _) = crate::recv::safetensors_header(index, &metadata)?;
+                self.prefix.clone_from(&head);
+                self.into_safetensors = true;
+                cutter.push(Bytes::from(head));
+                return Ok(());
+            }
             if h.mode == crate::wire::Mode::Container {
                 cutter.push(Bytes::copy_from_slice(&crate::wire::preamble()));
             }
@@ -380,6 +405,16 @@ impl Incoming {
             self.end = Some(*e);
         }
         match (self.mode, frame) {
+            (Some(crate::wire::Mode::Container), f) if self.into_safetensors => match f {
+                Frame::ItemHeader(h) if h.encoding != crate::wire::Encoding::Raw => {
+                    return Err(Error::Protocol("a quantized push cannot be stored as a .safetensors file"))
+                }
+                // In item order, each item's chunks in order without gaps
+                // (SPEC.md §7.1-7.2): the tensors' bytes back to back.
+                Frame::Chunk(c) => cutter.push(c.data),
+                Frame::Abort(a) => return Err(Error::Aborted { code: a.code, message: a.message }),
+                _ => {}
+            },
             (Some(crate::wire::Mode::Container), f) => {
                 let (head, body) = f.into_buf().into_parts();
                 cutter.push(head);
@@ -392,6 +427,7 @@ impl Incoming {
                     return Err(Error::Protocol("a file push's chunks out of order"));
                 }
                 self.at += c.data.len() as u64;
+                let st = name_st || self.safetensors;
                 let mut used = 0;
                 // The length prefix first, then the header it announces.
                 while st && (self.prefix.len() as u64) < self.wanted_prefix() && used < c.data.len() {
