@@ -123,21 +123,34 @@ impl Garage {
             return None;
         };
         assert!(n >= 1, "a cluster has at least one node");
-        let dir = std::env::temp_dir().join(format!("tw-garage-{}-{}", std::process::id(), next_cluster()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create garage dir");
-        let secret = rpc_secret();
-        let mut nodes = Vec::with_capacity(n);
-        for i in 0..n {
-            nodes.push(write_node(&dir, i, n, &secret));
-        }
-        let mut g = Garage { bin, nodes, bucket: "tw-test".into(), key_id: String::new(), secret: String::new(), dir };
-        for i in 0..n {
-            g.spawn(i);
-        }
-        for i in 0..n {
-            g.wait_answering(i);
-        }
+        // The ports were free when picked; another test may take one before
+        // Garage binds it. Then the node exits, and the cluster starts over
+        // on new ports (three times at most).
+        let mut attempt = 0;
+        let mut g = loop {
+            attempt += 1;
+            let dir = std::env::temp_dir().join(format!("tw-garage-{}-{}", std::process::id(), next_cluster()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("create garage dir");
+            let secret = rpc_secret();
+            let nodes = (0..n).map(|i| write_node(&dir, i, n, &secret)).collect();
+            let mut g = Garage {
+                bin: bin.clone(),
+                nodes,
+                bucket: "tw-test".into(),
+                key_id: String::new(),
+                secret: String::new(),
+                dir,
+            };
+            for i in 0..n {
+                g.spawn(i);
+            }
+            // Garage keeps running when its S3 port is taken (it logs the
+            // error), so the logs are checked as well.
+            if (0..n).all(|i| g.wait_answering(i, attempt < 3)) && (attempt == 3 || !g.port_taken()) {
+                break g;
+            }
+        };
         for i in 0..n {
             let out = g.cli_ok(i, &["node", "id", "-q"]);
             let full = out.trim().lines().last().unwrap_or_default().to_string();
@@ -166,7 +179,16 @@ impl Garage {
         for i in 0..n {
             g.wait_s3(i);
         }
+        assert!(!g.port_taken(), "a garage node could not bind a port (taken by another process)\n{}", g.logs());
         Some(g)
+    }
+
+    /// Whether a node logged that one of its ports was taken.
+    fn port_taken(&self) -> bool {
+        self.nodes.iter().any(|n| {
+            let log = std::fs::read_to_string(&n.log).unwrap_or_default();
+            log.contains("Address already in use") || log.contains("os error 98")
+        })
     }
 
     /// The S3 endpoint of node `i`, as `AWS_ENDPOINT_URL` wants it.
@@ -267,16 +289,22 @@ impl Garage {
         node.child = Some(child);
     }
 
-    fn wait_answering(&mut self, i: usize) {
+    /// Waits until node `i` answers `garage status`. Returns `false` when
+    /// it exited because a port was taken and `may_retry`; panics on any
+    /// other failure.
+    fn wait_answering(&mut self, i: usize, may_retry: bool) -> bool {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if !self.nodes[i].running() {
+                if may_retry && self.port_taken() {
+                    return false;
+                }
                 let out = self.cli(i, &["status"]);
                 self.fail(&format!("garage node {i} exited during start"), &out);
             }
             let out = self.cli(i, &["status"]);
             if out.status.success() {
-                return;
+                return true;
             }
             if Instant::now() > deadline {
                 self.fail(&format!("garage node {i} did not answer `garage status` in {READY_TIMEOUT:?}"), &out);
