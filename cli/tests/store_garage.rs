@@ -6,7 +6,6 @@
 //! Every test prints `SKIPPED: garage not installed (see .ci/run)` and passes
 //! when there is no Garage binary.
 
-
 #[path = "../../tests/common/mod.rs"]
 mod common;
 

@@ -337,7 +337,10 @@ fn finish_safetensors(
 /// The safetensors header (length prefix, JSON, space padding to 8 bytes)
 /// for tensors laid out back to back in `entries` order, and each tensor's
 /// data offset.
-pub(crate) fn safetensors_header(entries: &[IndexEntry], metadata: &[(String, String)]) -> Result<(Vec<u8>, Vec<u64>), Error> {
+pub(crate) fn safetensors_header(
+    entries: &[IndexEntry],
+    metadata: &[(String, String)],
+) -> Result<(Vec<u8>, Vec<u64>), Error> {
     let mut offsets = Vec::with_capacity(entries.len());
     let mut infos = Vec::with_capacity(entries.len());
     let mut at = 0usize;

@@ -19,11 +19,11 @@ mod retriever;
 mod sink;
 
 pub use assembler::{Assembler, Event};
+pub(crate) use container_file::safetensors_header;
 pub use container_file::{ContainerFile, SafetensorsWriter};
 pub use file::{part_path, remove_stale_uploads, validate_safetensors, FileSink, UPLOAD_PREFIX};
 pub use file_writer::FileWriter;
 pub use ledger::{PartLedger, SourceId};
 pub use ranges::RangeSet;
-pub(crate) use container_file::safetensors_header;
 pub use retriever::ObjectRetriever;
 pub use sink::{Progress, ProgressFn, Receive, Sink, MAX_DAMAGED_CHUNKS};

@@ -287,7 +287,6 @@ fn start(h: ItemHeader) -> Result<Building, Error> {
     Ok(Building { meta, len, encoding: h.encoding, data: Assembly::Empty })
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
