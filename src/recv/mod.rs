@@ -19,6 +19,7 @@ mod retriever;
 mod sink;
 
 pub use assembler::{Assembler, Event};
+#[cfg(feature = "store")]
 pub(crate) use container_file::safetensors_header;
 pub use container_file::{ContainerFile, SafetensorsWriter};
 pub use file::{part_path, remove_stale_uploads, validate_safetensors, FileSink, UPLOAD_PREFIX};
