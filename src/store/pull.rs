@@ -26,8 +26,8 @@ use crate::Error;
 pub const PROBE_BYTES: u64 = 64 << 10;
 /// Ranged reads in flight at once, by default.
 pub const DEFAULT_CONCURRENCY: usize = 8;
-/// Bytes per ranged read, by default (8 MiB).
-pub const DEFAULT_RANGE_BYTES: u64 = 8 << 20;
+/// Bytes per ranged read, by default (4 MiB: with 8 in flight, 32 MiB, so a lazy pull of a 1 GiB model stays within its largest tensor + 64 MiB, `cli/tests/store_garage.rs`).
+pub const DEFAULT_RANGE_BYTES: u64 = 4 << 20;
 
 /// How a pull reads its object.
 #[derive(Debug, Clone)]
