@@ -324,11 +324,21 @@ pub fn validate_safetensors(file: &File) -> Result<safetensors::tensor::Metadata
     }
     let mut header = vec![0u8; n as usize];
     file.read_exact_at(&mut header, 8)?;
-    let header = std::str::from_utf8(&header).map_err(SafeTensorError::InvalidHeader)?;
-    // Deserializing Metadata runs the crate's own validation of the offsets.
+    parse_safetensors_header(&header, len)
+}
+
+/// Parses the JSON header (`json`, the bytes after the 8-byte length) of a
+/// safetensors object of `size` bytes and checks that its data region fills
+/// the rest of the object exactly. Deserializing `Metadata` runs the
+/// `safetensors` crate's own validation of the offsets (contiguous from 0,
+/// sizes matching dtype and shape). Shared by [`validate_safetensors`] and
+/// the object store's header probe, which has only the object's first bytes.
+pub(crate) fn parse_safetensors_header(json: &[u8], size: u64) -> Result<safetensors::tensor::Metadata, Error> {
+    use safetensors::SafeTensorError;
+    let header = std::str::from_utf8(json).map_err(SafeTensorError::InvalidHeader)?;
     let meta: safetensors::tensor::Metadata =
         serde_json::from_str(header).map_err(SafeTensorError::InvalidHeaderDeserialization)?;
-    if 8 + n + meta.data_len() as u64 != len {
+    if 8 + json.len() as u64 + meta.data_len() as u64 != size {
         return Err(SafeTensorError::MetadataIncompleteBuffer.into());
     }
     Ok(meta)

@@ -22,6 +22,8 @@ pub use assembler::{Assembler, Event};
 #[cfg(feature = "store")]
 pub(crate) use container_file::safetensors_header;
 pub use container_file::{ContainerFile, SafetensorsWriter};
+#[cfg(feature = "store")]
+pub(crate) use file::parse_safetensors_header;
 pub use file::{part_path, remove_stale_uploads, validate_safetensors, FileSink, UPLOAD_PREFIX};
 pub use file_writer::FileWriter;
 pub use ledger::{PartLedger, SourceId};

@@ -42,22 +42,8 @@ pub(crate) fn probe(prefix: &[u8], size: u64) -> Result<Probe, Error> {
         return Err(E::InvalidHeaderLength.into());
     }
     let Some(json) = prefix.get(8..header_len as usize) else { return Ok(Probe::NeedMore(header_len)) };
-    let parsed: safetensors::tensor::Metadata =
-        serde_json::from_slice(json).map_err(E::InvalidHeaderDeserialization)?;
-    // Rebuilt through `Metadata::new`, which validates what `read_metadata`
-    // does (offsets contiguous from 0, sizes matching dtype and shape).
-    let infos = parsed.tensors();
-    let mut ordered = Vec::with_capacity(infos.len());
-    for name in parsed.offset_keys() {
-        if let Some(info) = infos.get(&name) {
-            ordered.push((name, (*info).clone()));
-        }
-    }
-    let meta = safetensors::tensor::Metadata::new(parsed.metadata().clone(), ordered)?;
-    // The data region fills the rest of the object exactly.
-    if header_len + meta.data_len() as u64 != size {
-        return Err(E::MetadataIncompleteBuffer.into());
-    }
+    // Validated as a safetensors file of `size` bytes is (one place for it).
+    let meta = crate::recv::parse_safetensors_header(json, size)?;
     let infos = meta.tensors();
     let tensors = meta
         .offset_keys()
