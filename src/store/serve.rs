@@ -8,7 +8,7 @@ use futures::stream::BoxStream;
 use object_store::ObjectStore;
 
 use super::{put_frames, Key, ObjectKind, PullOptions, PushOptions, StoreError, StoreObject, MANIFEST_SUFFIX};
-use crate::transport::{ObjectSource, SourceFrames, SourcePull, Transfer};
+use crate::transport::{Source, SourceFrames, SourcePull, Transfer};
 use crate::wire::{Frame, Mode};
 use crate::Error;
 
@@ -70,7 +70,7 @@ impl StoreSource {
     }
 }
 
-impl ObjectSource for StoreSource {
+impl Source for StoreSource {
     fn pull(&self, request: SourcePull) -> BoxFuture<'static, Result<SourceFrames, Error>> {
         let this = self.clone();
         async move {

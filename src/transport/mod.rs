@@ -67,7 +67,7 @@ pub use request::{ObjectRequest, RequestError, Resume, MAX_RESUME_RANGES, RESUME
 #[cfg(any(fuzzing, test))]
 pub(crate) use server::fuzz_request;
 pub use server::{Server, ServerHandle};
-pub use source::{ObjectSource, SourceFrames, SourcePull};
+pub use source::{Source, SourceFrames, SourcePull};
 pub use tls::{provider as tls_provider, ClientTls, ServerTls, ALPN_H2};
 
 use crate::wire::Limits;

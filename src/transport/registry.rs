@@ -8,7 +8,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
-use super::{Access, FrameStream, ObjectSource, Peer};
+use super::{Access, FrameStream, Peer, Source};
 use crate::recv::{FileSink, ObjectRetriever, UPLOAD_PREFIX};
 use crate::tensor::TensorMap;
 use crate::Error;
@@ -53,7 +53,7 @@ pub struct Registry {
     files: HashMap<String, PathBuf>,
     containers: HashMap<String, ContainerSource>,
     push_handler: Option<PushHandler>,
-    source: Option<Arc<dyn ObjectSource>>,
+    source: Option<Arc<dyn Source>>,
     push: Access,
     get: Access,
 }
@@ -151,13 +151,13 @@ impl Registry {
     /// Serves every object from `source` (an object store, say) and stores
     /// pushes there, instead of under a root directory; the access rules
     /// still decide who may pull and push.
-    pub fn with_source(mut self, source: Arc<dyn ObjectSource>) -> Self {
+    pub fn with_source(mut self, source: Arc<dyn Source>) -> Self {
         self.source = Some(source);
         self
     }
 
     /// The source set with [`Registry::with_source`].
-    pub fn source(&self) -> Option<&Arc<dyn ObjectSource>> {
+    pub fn source(&self) -> Option<&Arc<dyn Source>> {
         self.source.as_ref()
     }
 

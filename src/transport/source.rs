@@ -1,4 +1,4 @@
-//! [`ObjectSource`]: objects a server holds somewhere other than its root
+//! [`Source`]: objects a server holds somewhere other than its root
 //! directory (an object store, say), served and stored through the same
 //! request handling, access rules and bounds.
 
@@ -52,7 +52,7 @@ impl std::fmt::Debug for SourceFrames {
 /// or receives a push's frames as the server decodes and verifies them: a
 /// source stores a push only once its object end arrived (the stream then
 /// ends without error) and must leave nothing behind when the stream fails.
-pub trait ObjectSource: Send + Sync + std::fmt::Debug + 'static {
+pub trait Source: Send + Sync + std::fmt::Debug + 'static {
     /// Opens `request.name` for a pull.
     ///
     /// # Errors
